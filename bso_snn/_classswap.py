@@ -1,0 +1,56 @@
+"""In-place class swaps that survive ``copy.deepcopy`` and ``torch.save``/``torch.load``.
+
+Converting a layer or a neuron keeps the *same object* (so hooks, parameter identity,
+optimizer references and ``state_dict`` keys are untouched) and changes its class to a
+generated subclass ``(Mixin, OriginalClass)``. Generated classes are not importable by
+name, so they pickle through :func:`_rebuild`, which regenerates the class from the mixin
+and the original class (both importable).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+_CACHE: dict[tuple[type, type], type] = {}
+
+
+def _rebuild(mixin: type, base: type) -> nn.Module:
+    cls = swapped_class(mixin, base)
+    return cls.__new__(cls)
+
+
+def _reduce_ex(self: nn.Module, protocol: int) -> tuple[Any, ...]:
+    return (_rebuild, (type(self)._bso_mixin, type(self)._bso_base), self.__dict__)
+
+
+def swapped_class(mixin: type, base: type) -> type:
+    """The (cached) class ``type(mixin.__name__ + base.__name__, (mixin, base))``."""
+    key = (mixin, base)
+    cls = _CACHE.get(key)
+    if cls is None:
+        name = mixin.__name__.replace("Mixin", "") + base.__name__
+        cls = type(
+            name,
+            (mixin, base),
+            {
+                "__module__": mixin.__module__,
+                "__qualname__": name,
+                "_bso_mixin": mixin,
+                "_bso_base": base,
+                "__reduce_ex__": _reduce_ex,
+            },
+        )
+        _CACHE[key] = cls
+    return cls
+
+
+def swap_class(module: nn.Module, mixin: type) -> None:
+    """Change ``module``'s class in place to ``(mixin, type(module))``."""
+    module.__class__ = swapped_class(mixin, type(module))
+
+
+def original_class(module: nn.Module) -> type:
+    """The class ``module`` had before any bso-snn swap."""
+    return getattr(type(module), "_bso_base", type(module))

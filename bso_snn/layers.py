@@ -1,0 +1,216 @@
+r"""Sign-weight layers whose weight gradient comes from the trace of their own input.
+
+A converted ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` keeps its class (it becomes a
+generated subclass), its parameter names and its ``state_dict`` keys; its ``weight`` holds
+exactly :math:`\pm 1`. While tracing (training mode, autograd enabled, ``bso_tracing``
+True) it keeps the presynaptic trace of its input
+
+.. math:: \hat a[t] = \lambda\,\hat a[t-1] + x[t]
+
+and runs **one** forward on the spikes ``x[t]`` with a custom backward:
+
+.. math:: \frac{\partial L}{\partial x[t]} = W^\top g[t], \qquad
+          \frac{\partial L}{\partial W} \mathrel{+}= g[t]\,\hat a[t]^\top
+
+(for a convolution, the same with ``conv_transpose`` / the weight-gradient convolution
+of the trace). This is the OTTT gradient (Xiao et al., 2022). With tracing off it is an
+ordinary layer. The trace is not a parameter or buffer, so it never enters ``state_dict``.
+
+Input layouts: single-step ``[N, *]``; multi-step ``[T, N, *]`` when the layer's
+``step_mode`` (SpikingJelly) or ``bso_step_mode`` is ``'m'``; flattened ``[T*N, *]`` when an
+adapter sets ``bso_flat_steps = T`` (e.g. inside SpikingJelly's ``SeqToANNContainer``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from ._classswap import swap_class
+from .traces import accumulate_trace, trace_decay
+from .sign import sign
+
+
+class _TracedLinear(torch.autograd.Function):
+    """``F.linear(x, W, b)`` whose weight gradient is ``g^T trace``."""
+
+    @staticmethod
+    def forward(ctx, x, trace, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(trace, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        trace, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        g2 = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ weight
+        if ctx.needs_input_grad[2]:
+            grad_w = g2.t() @ trace.reshape(-1, trace.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_b = g2.sum(0)
+        return grad_x, None, grad_w, grad_b
+
+
+class _TracedConv(torch.autograd.Function):
+    """A zero-padded N-d convolution whose weight gradient is computed from ``trace``."""
+
+    @staticmethod
+    def forward(ctx, x, trace, weight, bias, stride, padding, dilation, groups):  # type: ignore[override]
+        ctx.save_for_backward(trace, weight)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None)
+        zeros = [0] * len(stride)
+        return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, zeros, groups)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        trace, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conf
+        need = ctx.needs_input_grad
+        mask = [need[0], need[2], has_bias and need[3]]
+        if not any(mask):
+            return (None,) * 8
+        # The input gradient depends only on the weight and the input's shape, so passing the
+        # trace (same shape as x) as "input" yields dL/dx from W and dL/dW from the trace.
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad.contiguous(), trace, weight, [weight.shape[0]] if has_bias else None,
+            stride, padding, dilation, False, [0] * len(stride), groups, mask,
+        )
+        return grad_x, None, grad_w, grad_b if has_bias else None, None, None, None, None
+
+
+def _conv_padding(layer: _ConvNd) -> tuple[Optional[tuple[int, ...]], list[int]]:
+    """``(explicit pre-pad for F.pad or None, symmetric zero padding for the convolution)``."""
+    nd = len(layer.kernel_size)
+    if layer.padding_mode != "zeros":
+        return layer._reversed_padding_repeated_twice, [0] * nd
+    if isinstance(layer.padding, str):
+        if layer.padding == "valid":
+            return None, [0] * nd
+        pads = []
+        for d, k in zip(layer.dilation, layer.kernel_size):  # 'same'
+            total = d * (k - 1)
+            pads.append((total // 2, total - total // 2))
+        if all(lo == hi for lo, hi in pads):
+            return None, [lo for lo, _ in pads]
+        pre = tuple(p for lo, hi in reversed(pads) for p in (lo, hi))
+        return pre, [0] * nd
+    return None, list(layer.padding)
+
+
+def traced_op(layer: nn.Module, x: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
+    """Apply ``layer``'s linear map to ``x`` with the weight gradient taken from ``trace``."""
+    if isinstance(layer, nn.Linear):
+        return _TracedLinear.apply(x, trace, layer.weight, layer.bias)
+    pre_pad, padding = _conv_padding(layer)
+    if pre_pad is not None:
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        x, trace = F.pad(x, pre_pad, mode=mode), F.pad(trace, pre_pad, mode=mode)
+    return _TracedConv.apply(
+        x, trace, layer.weight, layer.bias,
+        list(layer.stride), padding, list(layer.dilation), layer.groups,
+    )
+
+
+class BinaryLayerMixin:
+    """Mixed into a converted Linear/Conv layer (see the module docstring).
+
+    Instance attributes set by :func:`binarize_layer`:
+        bso_lam: OTTT trace decay (``None`` until set by ``convert``).
+        bso_trace_mode: ``'ottt'`` (constant decay) or ``'ndot'`` (decay from the
+            presynaptic neuron's dynamics).
+        bso_tracing: record the trace and use it for the weight gradient in training.
+        bso_step_mode: ``'s'`` or ``'m'`` for layers without SpikingJelly's ``step_mode``.
+        bso_flat_steps: ``T`` when the input arrives flattened as ``[T*N, *]``.
+        bso_trace: the trace after the last step (``None`` after a reset).
+    """
+
+    bso_binary_parameters = ("weight",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.bso_tracing and self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        x_seq, layout = self._bso_as_sequence(x)
+        trace_seq = accumulate_trace(self.bso_trace, x_seq.detach(), trace_decay(self, x, x_seq))
+        self.bso_trace = trace_seq[-1]
+        out = traced_op(self, x_seq.flatten(0, 1), trace_seq.flatten(0, 1))
+        if layout == "m":
+            return out.reshape(x_seq.shape[0], x_seq.shape[1], *out.shape[1:])
+        return out
+
+    def reset_trace(self) -> None:
+        """Forget the trace (start of a new sequence)."""
+        self.bso_trace = None
+
+    def _bso_step_mode(self) -> str:
+        mode = getattr(self, "step_mode", None)
+        return mode if mode in ("s", "m") else self.bso_step_mode
+
+    def _bso_as_sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """View ``x`` as ``[T, N, *]`` and say which layout it came in."""
+        if self.bso_flat_steps is not None:
+            steps = self.bso_flat_steps
+            if x.shape[0] % steps:
+                raise ValueError(
+                    f"{type(self).__name__}: input batch dimension {x.shape[0]} is not a multiple "
+                    f"of bso_flat_steps={steps}; the input must be [T*N, ...] with T={steps}"
+                )
+            return x.reshape(steps, x.shape[0] // steps, *x.shape[1:]), "flat"
+        if self._bso_step_mode() == "m":
+            if x.dim() < 3:
+                raise ValueError(
+                    f"{type(self).__name__} is in multi-step mode and expects [T, N, ...] input, "
+                    f"got shape {tuple(x.shape)}"
+                )
+            return x, "m"
+        return x.unsqueeze(0), "s"
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()
+        return f"{base}, binary, lam={self.bso_lam}, trace={self.bso_trace_mode}"
+
+
+def is_binary_layer(module: nn.Module) -> bool:
+    """True for a layer converted by :func:`binarize_layer`."""
+    return isinstance(module, BinaryLayerMixin)
+
+
+def binarize_layer(module: nn.Module) -> None:
+    """Turn a Linear/Conv layer into its sign-weight version in place.
+
+    The weight becomes ``sign(weight)`` (``+1`` for ``>= 0``) in its own dtype and device;
+    the bias stays real. Idempotent.
+    """
+    if is_binary_layer(module):
+        return
+    if not isinstance(module, (nn.Linear, _ConvNd)) or getattr(module, "transposed", False):
+        raise TypeError(
+            f"binarize_layer supports Linear and (non-transposed) Conv layers, got {type(module).__name__}"
+        )
+    with torch.no_grad():
+        module.weight.copy_(sign(module.weight))
+    swap_class(module, BinaryLayerMixin)
+    module.bso_lam = None
+    module.bso_trace_mode = "ottt"
+    module.bso_tracing = True
+    module.bso_step_mode = "s"
+    module.bso_flat_steps = None
+    module.bso_trace = None
+
+
+def binary_parameters(model: nn.Module):
+    """Yield every binary (±1) parameter of ``model``'s converted layers, once each."""
+    seen: set[int] = set()
+    for module in model.modules():
+        if is_binary_layer(module):
+            for name in module.bso_binary_parameters:
+                p = getattr(module, name)
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p

@@ -1,0 +1,130 @@
+"""Exact-type registry: which layer becomes a sign-weight layer, which neuron gets an online mode.
+
+Entries are keyed by the module's **exact** class. A subclass of a registered class that has
+no entry of its own (for example a weight-standardised ``Conv2d``) is refused with an error,
+never silently converted as its parent: its ``forward`` may compute something the parent
+does not. Adapters (``bso_snn.adapters.*``) add their libraries' classes here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from ._classswap import original_class
+
+LayerHandler = Callable[[nn.Module], None]
+"""Turns a float layer into its sign-weight version in place."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronSupport:
+    """How bso-snn drives one neuron class.
+
+    Attributes:
+        make_online: switches a neuron to online mode in place (its state is detached from
+            the previous time step before every step). Must be idempotent.
+        is_online: tells whether a neuron is already in online mode.
+        decay: the OTTT trace decay ``lam`` implied by the neuron's dynamics (e.g.
+            ``1 - 1/tau`` for a LIF neuron), or ``None`` when it cannot be told.
+        reset: clears the neuron's state (membrane, synaptic current, ...).
+        membrane: the membrane potential after firing and reset at the current step
+            (``u[t] - V_th * s[t]`` for a soft reset), used by NDOT traces; ``None`` when
+            the neuron cannot provide it.
+    """
+
+    make_online: Callable[[nn.Module], None]
+    is_online: Callable[[nn.Module], bool]
+    decay: Callable[[nn.Module], Optional[float]]
+    reset: Callable[[nn.Module], None]
+    membrane: Optional[Callable[[nn.Module], torch.Tensor]] = None
+
+
+_LAYERS: dict[type, LayerHandler] = {}
+_NEURONS: dict[type, NeuronSupport] = {}
+_REFUSED: dict[type, str] = {}
+
+
+def register_layer(cls: type, handler: LayerHandler) -> None:
+    """Register ``handler`` as the way to binarise layers of exact type ``cls``."""
+    _check_module_class(cls)
+    _REFUSED.pop(cls, None)
+    _LAYERS[cls] = handler
+
+
+def register_neuron(cls: type, support: NeuronSupport) -> None:
+    """Register how to put neurons of exact type ``cls`` in online mode, reset them, etc."""
+    _check_module_class(cls)
+    _NEURONS[cls] = support
+
+
+def refuse_layer(cls: type, reason: str) -> None:
+    """Declare that layers of exact type ``cls`` must never be converted, and why."""
+    _check_module_class(cls)
+    _LAYERS.pop(cls, None)
+    _REFUSED[cls] = reason
+
+
+def _check_module_class(cls: type) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"registry keys must be nn.Module subclasses, got {cls!r}")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def layer_handler(module: nn.Module) -> Optional[LayerHandler]:
+    """The handler for ``module``'s exact class, ``None`` if it is not a weight layer we know.
+
+    Raises:
+        TypeError: the class is refused, or it subclasses a registered layer class
+            without an entry of its own.
+    """
+    cls = original_class(module)
+    if cls in _REFUSED:
+        raise TypeError(f"{_qualname(cls)} cannot be converted: {_REFUSED[cls]}")
+    if cls in _LAYERS:
+        return _LAYERS[cls]
+    for parent in cls.__mro__[1:]:
+        if parent in _LAYERS:
+            raise TypeError(
+                f"{_qualname(cls)} subclasses {_qualname(parent)} but has no entry in the "
+                f"bso-snn layer registry, so it is not converted as its parent (its forward may "
+                f"differ, e.g. weight standardisation). Register it with "
+                f"bso_snn.register_layer({cls.__name__}, bso_snn.layers.binarize_layer) if its "
+                f"forward is a plain {parent.__name__}, exclude it with "
+                f"convert(..., filter_fn=...), or refuse it with bso_snn.refuse_layer."
+            )
+    return None
+
+
+def neuron_support(module: nn.Module) -> Optional[NeuronSupport]:
+    """The registered support for ``module``'s exact (original) class, ``None`` if unknown.
+
+    Raises:
+        TypeError: the class subclasses a registered neuron class without an entry of its own.
+    """
+    cls = original_class(module)
+    if cls in _NEURONS:
+        return _NEURONS[cls]
+    for parent in cls.__mro__[1:]:
+        if parent in _NEURONS:
+            raise TypeError(
+                f"{_qualname(cls)} subclasses the neuron {_qualname(parent)} but has no entry in "
+                f"the bso-snn neuron registry, so bso-snn cannot tell how to detach or reset its "
+                f"state. Register it with bso_snn.register_neuron({cls.__name__}, support) "
+                f"(see bso_snn.registry.NeuronSupport), or pass convert(..., online=False)."
+            )
+    return None
+
+
+def registered_layer_types() -> tuple[type, ...]:
+    return tuple(_LAYERS)
+
+
+def registered_neuron_types() -> tuple[type, ...]:
+    return tuple(_NEURONS)
