@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from . import registry
-from .layers import binarize_layer, is_binary_layer
+from .layers import is_binary_layer
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -37,7 +37,7 @@ class ConversionReport:
     converted: list[str] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     online_neurons: list[str] = dataclasses.field(default_factory=list)
-    lam: Optional[float] = None
+    lam: float | None = None
     trace: str = "ottt"
 
     def __str__(self) -> str:
@@ -100,10 +100,10 @@ def _infer_lam(neurons: list[tuple[str, nn.Module, registry.NeuronSupport]]) -> 
 def convert(
     model: nn.Module,
     *,
-    lam: Optional[float] = None,
+    lam: float | None = None,
     trace: str = "ottt",
     skip_first_last: bool = True,
-    filter_fn: Optional[FilterFn] = None,
+    filter_fn: FilterFn | None = None,
     online: bool = True,
 ) -> ConversionReport:
     """Convert ``model`` in place to binary (±1) weights with online, trace-based gradients.

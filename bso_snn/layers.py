@@ -23,16 +23,14 @@ adapter sets ``bso_flat_steps = T`` (e.g. inside SpikingJelly's ``SeqToANNContai
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ._classswap import swap_class
-from .traces import accumulate_trace, trace_decay
 from .sign import sign
+from .traces import accumulate_trace, trace_decay
 
 
 class _TracedLinear(torch.autograd.Function):
@@ -79,13 +77,22 @@ class _TracedConv(torch.autograd.Function):
         # The input gradient depends only on the weight and the input's shape, so passing the
         # trace (same shape as x) as "input" yields dL/dx from W and dL/dW from the trace.
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad.contiguous(), trace, weight, [weight.shape[0]] if has_bias else None,
-            stride, padding, dilation, False, [0] * len(stride), groups, mask,
+            grad.contiguous(),
+            trace,
+            weight,
+            [weight.shape[0]] if has_bias else None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * len(stride),
+            groups,
+            mask,
         )
         return grad_x, None, grad_w, grad_b if has_bias else None, None, None, None, None
 
 
-def _conv_padding(layer: _ConvNd) -> tuple[Optional[tuple[int, ...]], list[int]]:
+def _conv_padding(layer: _ConvNd) -> tuple[tuple[int, ...] | None, list[int]]:
     """``(explicit pre-pad for F.pad or None, symmetric zero padding for the convolution)``."""
     nd = len(layer.kernel_size)
     if layer.padding_mode != "zeros":
@@ -113,8 +120,14 @@ def traced_op(layer: nn.Module, x: torch.Tensor, trace: torch.Tensor) -> torch.T
         mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
         x, trace = F.pad(x, pre_pad, mode=mode), F.pad(trace, pre_pad, mode=mode)
     return _TracedConv.apply(
-        x, trace, layer.weight, layer.bias,
-        list(layer.stride), padding, list(layer.dilation), layer.groups,
+        x,
+        trace,
+        layer.weight,
+        layer.bias,
+        list(layer.stride),
+        padding,
+        list(layer.dilation),
+        layer.groups,
     )
 
 

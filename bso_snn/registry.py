@@ -9,7 +9,7 @@ does not. Adapters (``bso_snn.adapters.*``) add their libraries' classes here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -38,9 +38,9 @@ class NeuronSupport:
 
     make_online: Callable[[nn.Module], None]
     is_online: Callable[[nn.Module], bool]
-    decay: Callable[[nn.Module], Optional[float]]
+    decay: Callable[[nn.Module], float | None]
     reset: Callable[[nn.Module], None]
-    membrane: Optional[Callable[[nn.Module], torch.Tensor]] = None
+    membrane: Callable[[nn.Module], torch.Tensor] | None = None
 
 
 _LAYERS: dict[type, LayerHandler] = {}
@@ -77,7 +77,7 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def layer_handler(module: nn.Module) -> Optional[LayerHandler]:
+def layer_handler(module: nn.Module) -> LayerHandler | None:
     """The handler for ``module``'s exact class, ``None`` if it is not a weight layer we know.
 
     Raises:
@@ -102,7 +102,7 @@ def layer_handler(module: nn.Module) -> Optional[LayerHandler]:
     return None
 
 
-def neuron_support(module: nn.Module) -> Optional[NeuronSupport]:
+def neuron_support(module: nn.Module) -> NeuronSupport | None:
     """The registered support for ``module``'s exact (original) class, ``None`` if unknown.
 
     Raises:

@@ -6,7 +6,7 @@ presynaptic neuron's membrane dynamics.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from torch import nn
 Decay = Union[float, torch.Tensor]
 
 
-def accumulate_trace(previous: Optional[torch.Tensor], x_seq: torch.Tensor, decay: Decay) -> torch.Tensor:
+def accumulate_trace(previous: torch.Tensor | None, x_seq: torch.Tensor, decay: Decay) -> torch.Tensor:
     """Traces for every step of ``x_seq`` (``[T, N, *]``), continuing from ``previous``.
 
     ``decay`` is a float, or a tensor ``[T, N, *]`` (one decay per step and element).
