@@ -101,7 +101,7 @@ def _conv_padding(layer: _ConvNd) -> tuple[tuple[int, ...] | None, list[int]]:
         if layer.padding == "valid":
             return None, [0] * nd
         pads = []
-        for d, k in zip(layer.dilation, layer.kernel_size):  # 'same'
+        for d, k in zip(layer.dilation, layer.kernel_size, strict=True):  # 'same'
             total = d * (k - 1)
             pads.append((total // 2, total - total // 2))
         if all(lo == hi for lo, hi in pads):

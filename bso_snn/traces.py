@@ -11,7 +11,7 @@ from typing import Union
 import torch
 from torch import nn
 
-Decay = Union[float, torch.Tensor]
+Decay = Union[float, torch.Tensor]  # noqa: UP007 (runtime alias, py3.10+)
 
 
 def accumulate_trace(previous: torch.Tensor | None, x_seq: torch.Tensor, decay: Decay) -> torch.Tensor:
