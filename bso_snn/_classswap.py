@@ -47,7 +47,21 @@ def swapped_class(mixin: type, base: type) -> type:
 
 
 def swap_class(module: nn.Module, mixin: type) -> None:
-    """Change ``module``'s class in place to ``(mixin, type(module))``."""
+    """Change ``module``'s class in place to ``(mixin, type(module))``; a no-op when ``module``
+    already carries ``mixin``.
+
+    Raises:
+        TypeError: ``module`` already carries another bso-snn mixin (swaps do not stack: the
+            generated class would not pickle).
+    """
+    current = getattr(type(module), "_bso_mixin", None)
+    if current is mixin:
+        return
+    if current is not None:
+        raise TypeError(
+            f"{type(module).__name__} already carries {current.__name__}; bso-snn cannot add "
+            f"{mixin.__name__} on top of it (class swaps do not stack)"
+        )
     module.__class__ = swapped_class(mixin, type(module))
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
+import numbers
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from . import registry
@@ -27,22 +28,31 @@ class ConversionReport:
     """What :func:`convert` did.
 
     Attributes:
-        converted: qualified names of the layers now holding ±1 weights.
+        converted: qualified names of the layers now holding ±1 weights (definition order),
+            including those that were already binary before this call.
+        already_binary: the subset of ``converted`` that was binary before this call (their
+            weights are untouched; their ``lam`` and trace mode are set to this call's).
         skipped: qualified name -> reason, for weight layers left in float.
         online_neurons: qualified names of neurons put in online mode.
         lam: the trace decay given to the converted layers.
         trace: ``'ottt'`` or ``'ndot'``.
+        model: the converted model (the argument itself unless ``inplace=False``).
     """
 
     converted: list[str] = dataclasses.field(default_factory=list)
+    already_binary: list[str] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     online_neurons: list[str] = dataclasses.field(default_factory=list)
     lam: float | None = None
     trace: str = "ottt"
+    model: nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:
         lines = [f"bso-snn conversion (trace={self.trace}, lam={self.lam})"]
-        lines += [f"  binary   {name}" for name in self.converted]
+        lines += [
+            f"  binary   {name}" + ("  (already binary)" if name in self.already_binary else "")
+            for name in self.converted
+        ]
         lines += [f"  float    {name}  ({why})" for name, why in self.skipped.items()]
         lines += [f"  online   {name}" for name in self.online_neurons]
         return "\n".join(lines)
@@ -56,12 +66,82 @@ def load_adapters(model: nn.Module) -> None:
 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Weight layers (registered or already converted) in definition order, shared ones once."""
-    found = []
-    for name, module in model.named_modules():  # named_modules yields a shared module once
-        if is_binary_layer(module) or registry.layer_handler(module) is not None:
-            found.append((name, module))
-    return found
+    """Weight layers (registered, refused, unregistered subclasses of registered ones, or already
+    converted) in definition order; a module shared in several places is listed once."""
+    layers = [(name, m) for name, m in model.named_modules() if registry.is_weight_layer(m)]
+    if not layers:
+        known = ", ".join(c.__name__ for c in registry.registered_layer_types())
+        raise ValueError(
+            f"convert found no weight layer in {type(model).__name__}: the registered layer types "
+            f"are {known}. Register your layer class with bso_snn.register_layer(cls, handler)."
+        )
+    return layers
+
+
+def _keep(filter_fn: FilterFn, module: nn.Module, name: str) -> bool:
+    try:
+        keep = filter_fn(module, name)
+    except Exception as exc:
+        raise RuntimeError(
+            f"filter_fn raised {type(exc).__name__} on layer {name!r} ({type(module).__name__}): "
+            f"{exc}; nothing was converted"
+        ) from exc
+    if not isinstance(keep, bool):
+        raise TypeError(
+            f"filter_fn must return True (convert) or False (keep float), got {keep!r} for layer {name!r}"
+        )
+    return keep
+
+
+@dataclasses.dataclass
+class _Plan:
+    convert: list[tuple[str, nn.Module, registry.LayerHandler]]
+    binary: list[nn.Module]  # every layer that is binary once the plan is carried out
+    report: ConversionReport
+
+
+def _plan(model: nn.Module, skip_first_last: bool, filter_fn: FilterFn | None) -> _Plan:
+    """Decide every layer's fate without touching the model (errors leave it unchanged)."""
+    layers = _weight_layers(model)
+    plan = _Plan([], [], ConversionReport())
+    last = len(layers) - 1
+    for index, (name, module) in enumerate(layers):
+        if is_binary_layer(module):
+            plan.report.converted.append(name)
+            plan.report.already_binary.append(name)
+            plan.binary.append(module)
+        elif skip_first_last and index in (0, last):
+            plan.report.skipped[name] = "first weight layer" if index == 0 else "last weight layer"
+        elif filter_fn is not None and not _keep(filter_fn, module, name):
+            plan.report.skipped[name] = "filter_fn returned False"
+        else:
+            plan.convert.append((name, module, registry.layer_handler(module)))
+            plan.binary.append(module)
+            plan.report.converted.append(name)
+    if not plan.report.converted:
+        reasons = "; ".join(f"{n}: {why}" for n, why in plan.report.skipped.items())
+        raise ValueError(
+            f"convert would leave every weight layer in float ({reasons}). Pass "
+            f"skip_first_last=False to convert the first/last layers, or change filter_fn."
+        )
+    _check_no_tied_float_weight(model, plan.convert)
+    return plan
+
+
+def _check_no_tied_float_weight(model: nn.Module, to_convert: list) -> None:
+    """A weight tied to a parameter that stays float would silently become ±1 there too."""
+    targets = {id(m): name for name, m, _ in to_convert}
+    tied = {id(m.weight): name for name, m, _ in to_convert}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in targets:
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) in tied and not is_binary_layer(module):
+                where = f"{name}.{pname}" if name else pname
+                raise ValueError(
+                    f"the weight of {tied[id(p)]!r} is shared with {where!r}, which stays float; "
+                    f"converting it would make {where!r} ±1 too. Keep both float (filter_fn) or untie them."
+                )
 
 
 def _neurons(model: nn.Module) -> list[tuple[str, nn.Module, registry.NeuronSupport]]:
@@ -105,58 +185,63 @@ def convert(
     skip_first_last: bool = True,
     filter_fn: FilterFn | None = None,
     online: bool = True,
+    inplace: bool = True,
 ) -> ConversionReport:
-    """Convert ``model`` in place to binary (±1) weights with online, trace-based gradients.
+    """Convert ``model`` to binary (±1) weights with online, trace-based gradients.
 
     Args:
         model: any ``nn.Module`` built from torch, SpikingJelly or snnTorch parts.
-        lam: OTTT trace decay; inferred from the neurons (``1 - 1/tau`` for LIF, ``1`` for IF,
-            ``beta`` for snnTorch ``Leaky``) when they all agree, else required.
+        lam: OTTT trace decay in ``[0, 1]``; inferred from the neurons (``1 - 1/tau`` for LIF,
+            ``1`` for IF, ``beta`` for snnTorch ``Leaky``) when they all agree, else required.
+            Layers that are already binary get this ``lam`` too.
         trace: ``'ottt'`` (constant decay ``lam``) or ``'ndot'`` (decay from the presynaptic
             neuron's dynamics).
-        skip_first_last: keep the first and last weight layers (in definition order) in
-            float, as in the BSO paper.
-        filter_fn: ``filter_fn(module, qualified_name) -> bool``; layers for which it
-            returns False stay float.
+        skip_first_last: keep the first and last weight layers (in definition order, i.e. the
+            order of ``model.named_modules()``) in float, as in the BSO paper.
+        filter_fn: ``filter_fn(module, qualified_name) -> bool``, asked for every weight layer
+            that ``skip_first_last`` did not already keep float; ``False`` keeps it float.
         online: also put every known neuron in online mode (state detached between steps).
+        inplace: convert ``model`` itself (default) or a ``copy.deepcopy`` of it
+            (``report.model``).
 
     Returns:
-        A :class:`ConversionReport`. Parameter names, ``state_dict`` keys, hooks, device,
-        dtype, training mode and ``step_mode`` are kept; converting twice changes nothing.
+        A :class:`ConversionReport`; ``report.model`` is the converted model. Parameter names,
+        ``state_dict`` keys, hooks, device, dtype, ``requires_grad``, training mode and
+        ``step_mode`` are kept; converting twice with the same arguments changes nothing.
+        Everything is checked before anything is changed: on an error the model is untouched.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"convert expects an nn.Module as model, got {type(model).__name__}")
-    if trace not in _TRACE_MODES:
-        raise ValueError(f"trace={trace!r} is not supported; use one of {_TRACE_MODES}")
-    if lam is not None and not (isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0):
-        raise ValueError(f"lam={lam!r} must be a number in [0, 1] (the trace decay per time step)")
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"filter_fn must be callable as filter_fn(module, name), got {filter_fn!r}")
+    _check_arguments(model, lam, trace, skip_first_last, filter_fn, online, inplace)
+    if not inplace:
+        model = copy.deepcopy(model)
     load_adapters(model)
-
-    layers = _weight_layers(model)
-    neurons = _neurons(model)
-    if lam is None:
-        lam = _infer_lam(neurons)
-    report = ConversionReport(lam=float(lam), trace=trace)
-    edge = {0, len(layers) - 1} if skip_first_last else set()
-    with torch.no_grad():
-        for index, (name, module) in enumerate(layers):
-            if is_binary_layer(module):
-                report.converted.append(name)
-                continue
-            if index in edge:
-                report.skipped[name] = "first weight layer" if index == 0 else "last weight layer"
-                continue
-            if filter_fn is not None and not filter_fn(module, name):
-                report.skipped[name] = "filter_fn returned False"
-                continue
-            registry.layer_handler(module)(module)
-            module.bso_lam = float(lam)
-            module.bso_trace_mode = trace
-            report.converted.append(name)
+    plan = _plan(model, skip_first_last, filter_fn)
+    neurons = _neurons(model) if online or lam is None else []
+    lam = float(lam) if lam is not None else _infer_lam(neurons)
+    report = plan.report
+    report.lam, report.trace, report.model = lam, trace, model
+    for _, module, handler in plan.convert:
+        handler(module)
+    for module in plan.binary:
+        module.bso_lam = lam
+        module.bso_trace_mode = trace
     if online:
         for name, module, support in neurons:
             support.make_online(module)
             report.online_neurons.append(name)
     return report
+
+
+def _check_arguments(model, lam, trace, skip_first_last, filter_fn, online, inplace) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects an nn.Module as model, got {type(model).__name__}")
+    if trace not in _TRACE_MODES:
+        raise ValueError(f"trace={trace!r} is not supported; use one of {_TRACE_MODES}")
+    if lam is not None and not (
+        isinstance(lam, numbers.Real) and not isinstance(lam, bool) and 0.0 <= lam <= 1.0
+    ):
+        raise ValueError(f"lam={lam!r} must be a number in [0, 1] (the trace decay per time step)")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable as filter_fn(module, name), got {filter_fn!r}")
+    for arg, value in (("skip_first_last", skip_first_last), ("online", online), ("inplace", inplace)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{arg} must be True or False, got {value!r}")

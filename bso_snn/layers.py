@@ -115,6 +115,8 @@ def traced_op(layer: nn.Module, x: torch.Tensor, trace: torch.Tensor) -> torch.T
     """Apply ``layer``'s linear map to ``x`` with the weight gradient taken from ``trace``."""
     if isinstance(layer, nn.Linear):
         return _TracedLinear.apply(x, trace, layer.weight, layer.bias)
+    if x.dim() == len(layer.kernel_size) + 1:  # unbatched [C, *spatial], as torch's conv allows
+        return traced_op(layer, x.unsqueeze(0), trace.unsqueeze(0)).squeeze(0)
     pre_pad, padding = _conv_padding(layer)
     if pre_pad is not None:
         mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
@@ -150,6 +152,7 @@ class BinaryLayerMixin:
         if not (self.bso_tracing and self.training and torch.is_grad_enabled()):
             return super().forward(x)
         x_seq, layout = self._bso_as_sequence(x)
+        self._bso_check_trace(x_seq)
         trace_seq = accumulate_trace(self.bso_trace, x_seq.detach(), trace_decay(self, x, x_seq))
         self.bso_trace = trace_seq[-1]
         out = traced_op(self, x_seq.flatten(0, 1), trace_seq.flatten(0, 1))
@@ -161,14 +164,39 @@ class BinaryLayerMixin:
         """Forget the trace (start of a new sequence)."""
         self.bso_trace = None
 
+    def _bso_check_trace(self, x_seq: torch.Tensor) -> None:
+        """The stored trace must continue this input: same per-step shape, dtype and device."""
+        old = self.bso_trace
+        if old is None:
+            return
+        if old.shape != x_seq.shape[1:] or old.dtype != x_seq.dtype or old.device != x_seq.device:
+            raise RuntimeError(
+                f"{type(self).__name__}: the stored trace is {tuple(old.shape)} {old.dtype} on "
+                f"{old.device} but this step's input is {tuple(x_seq.shape[1:])} {x_seq.dtype} on "
+                f"{x_seq.device}; call bso_snn.reset(model) before each new sequence or batch "
+                f"(and after moving the model)"
+            )
+
     def _bso_step_mode(self) -> str:
         mode = getattr(self, "step_mode", None)
-        return mode if mode in ("s", "m") else self.bso_step_mode
+        if mode in ("s", "m"):
+            return mode
+        if self.bso_step_mode not in ("s", "m"):
+            raise ValueError(
+                f"{type(self).__name__}.bso_step_mode={self.bso_step_mode!r}; use 's' for [N, ...] "
+                f"input or 'm' for [T, N, ...] input"
+            )
+        return self.bso_step_mode
 
     def _bso_as_sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
         """View ``x`` as ``[T, N, *]`` and say which layout it came in."""
         if self.bso_flat_steps is not None:
             steps = self.bso_flat_steps
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                raise ValueError(
+                    f"{type(self).__name__}.bso_flat_steps={steps!r}; it must be the number of "
+                    f"time steps T >= 1 folded into the batch dimension, or None"
+                )
             if x.shape[0] % steps:
                 raise ValueError(
                     f"{type(self).__name__}: input batch dimension {x.shape[0]} is not a multiple "

@@ -51,6 +51,8 @@ _REFUSED: dict[type, str] = {}
 def register_layer(cls: type, handler: LayerHandler) -> None:
     """Register ``handler`` as the way to binarise layers of exact type ``cls``."""
     _check_module_class(cls)
+    if not callable(handler):
+        raise TypeError(f"register_layer: handler must be callable as handler(module), got {handler!r}")
     _REFUSED.pop(cls, None)
     _LAYERS[cls] = handler
 
@@ -58,12 +60,18 @@ def register_layer(cls: type, handler: LayerHandler) -> None:
 def register_neuron(cls: type, support: NeuronSupport) -> None:
     """Register how to put neurons of exact type ``cls`` in online mode, reset them, etc."""
     _check_module_class(cls)
+    if not isinstance(support, NeuronSupport):
+        raise TypeError(
+            f"register_neuron: support must be a bso_snn.registry.NeuronSupport, got {type(support).__name__}"
+        )
     _NEURONS[cls] = support
 
 
 def refuse_layer(cls: type, reason: str) -> None:
     """Declare that layers of exact type ``cls`` must never be converted, and why."""
     _check_module_class(cls)
+    if not isinstance(reason, str) or not reason:
+        raise TypeError(f"refuse_layer: reason must be a non-empty string saying why, got {reason!r}")
     _LAYERS.pop(cls, None)
     _REFUSED[cls] = reason
 
@@ -77,6 +85,14 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def is_weight_layer(module: nn.Module) -> bool:
+    """True when ``module`` is a weight layer as far as conversion is concerned: its exact
+    (original) class is registered or refused, or it subclasses a registered class. Never raises;
+    :func:`layer_handler` says whether it can actually be converted."""
+    cls = original_class(module)
+    return cls in _REFUSED or any(c in _LAYERS for c in cls.__mro__)
+
+
 def layer_handler(module: nn.Module) -> LayerHandler | None:
     """The handler for ``module``'s exact class, ``None`` if it is not a weight layer we know.
 
@@ -86,7 +102,10 @@ def layer_handler(module: nn.Module) -> LayerHandler | None:
     """
     cls = original_class(module)
     if cls in _REFUSED:
-        raise TypeError(f"{_qualname(cls)} cannot be converted: {_REFUSED[cls]}")
+        raise TypeError(
+            f"{_qualname(cls)} cannot be converted: {_REFUSED[cls]}. Keep it in float with "
+            f"convert(..., filter_fn=...) returning False for it."
+        )
     if cls in _LAYERS:
         return _LAYERS[cls]
     for parent in cls.__mro__[1:]:
@@ -123,8 +142,10 @@ def neuron_support(module: nn.Module) -> NeuronSupport | None:
 
 
 def registered_layer_types() -> tuple[type, ...]:
+    """The layer classes that have a binarising handler, in registration order."""
     return tuple(_LAYERS)
 
 
 def registered_neuron_types() -> tuple[type, ...]:
+    """The neuron classes that have a :class:`NeuronSupport`, in registration order."""
     return tuple(_NEURONS)
