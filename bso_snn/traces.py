@@ -1,17 +1,58 @@
 r"""Presynaptic traces: :math:`\hat a[t] = \mu[t] \odot \hat a[t-1] + s[t]`.
 
-OTTT uses a constant :math:`\mu = \lambda` (the LIF leak); NDOT takes :math:`\mu` from the
-presynaptic neuron's membrane dynamics.
+OTTT (Xiao et al., 2022) uses a constant :math:`\mu = \lambda` (the LIF leak). NDOT (Jiang et
+al., ICML 2024, Eq. 10 and Appendix) takes :math:`\mu` from the presynaptic neuron's dynamics:
+
+.. math:: \hat a[t] = e[t-1] \odot \hat a[t-1] + s[t], \qquad
+          e[t] = \frac{u[t] - V_{th} s[t]}{u[t-1] - V_{th} s[t-1]} = \frac{h[t]}{h[t-1]}
+
+with :math:`h[t]` the membrane after firing and reset and :math:`h[0]` the state after a reset
+(0 for a LIF at rest). So the trace at step :math:`t` decays by :math:`h[t-1]/h[t-2]`. Our
+stabilisation (the paper clamps to :math:`[-\lambda, \lambda]` and decides a zero denominator
+by the sign of the numerator): :math:`e = \mathrm{clamp}(h[t-1]/h[t-2], -\lambda, \lambda)`
+element-wise, where a zero denominator gives :math:`\mathrm{sign}(h[t-1])\,\lambda` (with
+``bso_snn.sign``: :math:`+\lambda` when the numerator is 0 too), and :math:`\lambda` is the
+layer's ``bso_lam``. The decay at the first step after a reset is never used (the trace
+starts there).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Union
 
 import torch
 from torch import nn
 
+from .sign import sign
+
 Decay = Union[float, torch.Tensor]  # noqa: UP007 (runtime alias, py3.10+)
+Membrane = Union[torch.Tensor, float]  # noqa: UP007 (runtime alias, py3.10+)
+TAG_ATTR = "_bso_ndot_history"  # on a neuron's output tensor: its MembraneHistory
+
+
+@dataclasses.dataclass(frozen=True)
+class MembraneHistory:
+    """``(h[t-1], h[t-2])`` for each time step of one neuron output.
+
+    ``h[t-2]`` is ``None`` at the first step after a reset (no decay is needed there: the
+    trace starts at that step).
+    """
+
+    steps: tuple[tuple[Membrane, Membrane | None], ...]
+
+
+def find_membrane_history(x: torch.Tensor) -> MembraneHistory | None:
+    """The membrane history of the neuron that produced ``x``, if ``x`` is that neuron's output
+    or a view of it with the same number of elements (Flatten, reshape); else ``None``."""
+    history = getattr(x, TAG_ATTR, None)
+    if history is not None:
+        return history
+    base = x._base
+    if base is not None and base.numel() == x.numel():
+        return getattr(base, TAG_ATTR, None)
+    return None
 
 
 def accumulate_trace(previous: torch.Tensor | None, x_seq: torch.Tensor, decay: Decay) -> torch.Tensor:
@@ -43,4 +84,49 @@ def trace_decay(layer: nn.Module, x: torch.Tensor, x_seq: torch.Tensor) -> Decay
                 f"or set layer.bso_lam"
             )
         return layer.bso_lam
-    raise NotImplementedError(f"trace mode {layer.bso_trace_mode!r} is not implemented yet")
+    if layer.bso_trace_mode == "ndot":
+        return ndot_decay(layer, x, x_seq)
+    raise ValueError(f"{type(layer).__name__}.bso_trace_mode={layer.bso_trace_mode!r}; use 'ottt' or 'ndot'")
+
+
+def ndot_ratio(h_prev: torch.Tensor, h_prev2: torch.Tensor | float, lam: float) -> torch.Tensor:
+    """``clamp(h_prev / h_prev2, -lam, lam)``, with ``sign(h_prev) * lam`` where ``h_prev2 == 0``."""
+    h_prev2 = torch.as_tensor(h_prev2, dtype=h_prev.dtype, device=h_prev.device)
+    ratio = torch.where(h_prev2 == 0, sign(h_prev) * math.inf, h_prev / h_prev2)
+    return ratio.clamp(-lam, lam)
+
+
+def ndot_decay(layer: nn.Module, x: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
+    """NDOT decays ``[T, N, *]`` for ``x_seq`` from the membrane history its neuron attached to ``x``."""
+    history = find_membrane_history(x)
+    name = type(layer).__name__
+    if history is None:
+        raise RuntimeError(
+            f"{name} ({layer.extra_repr()}) uses trace='ndot', but its input is not the output of an "
+            f"online neuron (or a reshaping view of it, such as Flatten): something sits in between, "
+            f"e.g. MaxPool, Dropout, a residual add, or it is the network input. NDOT needs the "
+            f"presynaptic neuron's membrane. Use OTTT for this layer (layer.bso_trace_mode = 'ottt', "
+            f"or convert(..., trace='ottt')), or keep it float with convert(..., filter_fn=...)."
+        )
+    if layer.bso_lam is None:
+        raise RuntimeError(f"{name} has no lam for the NDOT clamp: pass lam=... to bso_snn.convert")
+    steps = x_seq.shape[0]
+    if len(history.steps) != steps:
+        raise RuntimeError(
+            f"{name} sees {steps} time step(s) in its input but the presynaptic neuron produced "
+            f"{len(history.steps)}; give the layer and the neuron the same step mode"
+        )
+    decay = torch.empty_like(x_seq)
+    for t, (h_prev, h_prev2) in enumerate(history.steps):
+        if t == 0 and layer.bso_trace is None:
+            decay[0] = 0.0  # never used: the trace starts at this step
+            continue
+        if h_prev2 is None:
+            raise RuntimeError(
+                f"{name} still holds a trace but its presynaptic neuron was reset; reset both with "
+                f"bso_snn.reset(model) before each new sequence"
+            )
+        h_prev = torch.as_tensor(h_prev, dtype=x_seq.dtype, device=x_seq.device)
+        ratio = ndot_ratio(h_prev, h_prev2, layer.bso_lam)
+        decay[t] = ratio.reshape(x_seq.shape[1:]) if ratio.dim() else ratio
+    return decay

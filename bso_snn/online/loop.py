@@ -1,0 +1,147 @@
+r"""The per-batch online loop, for users who do not want to write it.
+
+For one batch of ``T`` time steps, :func:`train_step` computes per step
+
+.. math:: L[t] = \frac{1}{T}\,\ell(\text{model}(x[t]), y), \qquad \text{backward}(L[t])
+
+(the per-step loss is scaled by ``1/T`` so that the summed gradient is that of the
+time-averaged loss, as in OTTT / NDOT / BSO) and updates the parameters either after every
+step (``update='realtime'``, the BSO paper's default) or once after the last step
+(``update='accumulated'``). Writing the loop by hand is just as easy; ``docs/online.md``
+shows both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import registry
+from ..layers import is_binary_layer
+from .reset import reset
+
+_UPDATES = ("realtime", "accumulated")
+_STEP_MODES = ("s", "m")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What :func:`train_step` returns.
+
+    Attributes:
+        loss: the time-averaged loss ``mean_t loss_fn(output[t], target)`` (a float).
+        output: the time-averaged model output ``mean_t output[t]``, detached.
+    """
+
+    loss: float
+    output: torch.Tensor
+
+
+def _check(inputs: torch.Tensor, update: str | None, step_mode: str) -> None:
+    if update is not None and update not in _UPDATES:
+        raise ValueError(f"update={update!r} must be one of {_UPDATES}")
+    if step_mode not in _STEP_MODES:
+        raise ValueError(f"step_mode={step_mode!r} must be 's' (model takes [N, ...]) or 'm' ([T, N, ...])")
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be a tensor [T, N, ...] (time first), got {shape}")
+
+
+def _start_sequence(model: nn.Module, optimizer) -> None:
+    """Reset the model, and the optimizer's time index if it has one (T-BSO)."""
+    reset(model)
+    rewind = getattr(optimizer, "reset_time_step", None)
+    if rewind is not None:
+        rewind()
+
+
+def _forward_step(model: nn.Module, inputs: torch.Tensor, t: int, step_mode: str) -> torch.Tensor:
+    if step_mode == "m":
+        return model(inputs[t : t + 1])[0]
+    return model(inputs[t])
+
+
+def train_step(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    update: str = "realtime",
+    step_mode: str = "s",
+) -> StepResult:
+    """Train ``model`` on one batch of ``T`` time steps, online.
+
+    Args:
+        model: a converted model (``bso_snn.convert``) in training mode.
+        inputs: ``[T, N, ...]``, time first.
+        target: what ``loss_fn`` compares each step's output with.
+        loss_fn: ``loss_fn(output_t, target) -> scalar``; each step's loss is divided by ``T``.
+        optimizer: any ``torch.optim.Optimizer`` (e.g. ``bso_snn.optim.TBSO`` or a
+            ``HybridOptimizer``). Its ``reset_time_step()`` is called at the start when it has
+            one (plain torch optimizers have none and are used as they are).
+        update: ``'realtime'``: ``optimizer.step()`` after every time step's backward (the BSO
+            paper's default); ``'accumulated'``: gradients of all ``T`` steps are summed and
+            one ``optimizer.step()`` is taken at the end.
+        step_mode: ``'s'`` if the model takes one step ``[N, ...]`` per call, ``'m'`` if it
+            takes ``[T, N, ...]`` (it is then fed ``inputs[t:t+1]`` per step, so memory stays
+            constant in ``T``).
+
+    The model's neuron state, traces and the optimizer's time index are reset at the start,
+    and gradients are zeroed at the start (and after each real-time step).
+    """
+    _check(inputs, update, step_mode)
+    steps = inputs.shape[0]
+    _start_sequence(model, optimizer)
+    optimizer.zero_grad()
+    total_loss = 0.0
+    output_sum = None
+    for t in range(steps):
+        out = _forward_step(model, inputs, t, step_mode)
+        loss = loss_fn(out, target)
+        (loss / steps).backward()
+        if update == "realtime":
+            optimizer.step()
+            optimizer.zero_grad()
+        total_loss += loss.item()
+        output_sum = out.detach() if output_sum is None else output_sum + out.detach()
+    if update == "accumulated":
+        optimizer.step()
+    return StepResult(loss=total_loss / steps, output=output_sum / steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, inputs: torch.Tensor, *, step_mode: str = "s") -> torch.Tensor:
+    """The time-averaged output ``mean_t model(x[t])`` over ``inputs`` ``[T, N, ...]``.
+
+    Runs under ``torch.no_grad()`` (layers do not trace) after resetting the model; the
+    model's train/eval mode is left as it is. ``step_mode`` as in :func:`train_step`.
+    """
+    _check(inputs, None, step_mode)
+    reset(model)
+    outputs = [_forward_step(model, inputs, t, step_mode) for t in range(inputs.shape[0])]
+    return torch.stack(outputs).mean(0)
+
+
+def set_step_mode(model: nn.Module, step_mode: str) -> None:
+    """Set ``step_mode`` (``'s'`` or ``'m'``) on every converted layer and every neuron that has
+    one, nested anywhere in ``model``.
+
+    Converted layers get ``bso_step_mode`` (or SpikingJelly's own ``step_mode`` when they have
+    it); registered neurons with a ``step_mode`` attribute (``bso_snn.neurons.LIF``,
+    SpikingJelly neurons) get ``step_mode``. Float layers are not touched: make sure they accept
+    ``[T, N, ...]`` themselves (``nn.Linear`` does; ``nn.Conv2d`` does not).
+    """
+    if step_mode not in _STEP_MODES:
+        raise ValueError(f"step_mode={step_mode!r} must be 's' or 'm'")
+    for module in model.modules():
+        if is_binary_layer(module):
+            if getattr(module, "step_mode", None) in _STEP_MODES:
+                module.step_mode = step_mode
+            module.bso_step_mode = step_mode
+        elif registry.neuron_support(module) is not None and hasattr(module, "step_mode"):
+            module.step_mode = step_mode
