@@ -1,0 +1,111 @@
+"""The exact-type registry and the in-place class swap."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+from torch import nn
+
+from bso_snn import registry
+from bso_snn._classswap import original_class, swap_class
+from bso_snn.layers import BinaryLayerMixin, binarize_layer
+from bso_snn.registry import NeuronSupport, is_weight_layer, layer_handler, refuse_layer, register_layer
+
+
+@pytest.fixture(autouse=True)
+def _restore_registry():
+    saved = (dict(registry._LAYERS), dict(registry._NEURONS), dict(registry._REFUSED))
+    yield
+    for table, old in zip((registry._LAYERS, registry._NEURONS, registry._REFUSED), saved, strict=True):
+        table.clear()
+        table.update(old)
+
+
+class MyLinear(nn.Linear):
+    pass
+
+
+def test_torch_layers_are_registered_by_exact_type():
+    assert set(registry.registered_layer_types()) >= {nn.Linear, nn.Conv1d, nn.Conv2d}
+    assert layer_handler(nn.Conv2d(1, 1, 1)) is binarize_layer
+    assert layer_handler(nn.ReLU()) is None and not is_weight_layer(nn.ReLU())
+    assert layer_handler(nn.Conv3d(1, 1, 1)) is None  # not registered: left alone
+    assert is_weight_layer(MyLinear(2, 2))
+    with pytest.raises(
+        TypeError, match=r"MyLinear subclasses torch\.nn\.modules\.linear\.Linear but has no entry"
+    ):
+        layer_handler(MyLinear(2, 2))
+
+
+def test_converted_layer_keeps_its_registry_entry():
+    layer = nn.Linear(2, 2)
+    binarize_layer(layer)
+    assert original_class(layer) is nn.Linear and layer_handler(layer) is binarize_layer
+
+
+def test_register_and_refuse_replace_each_other():
+    refuse_layer(MyLinear, "custom forward")
+    with pytest.raises(TypeError, match=r"MyLinear cannot be converted: custom forward\. Keep it in float"):
+        layer_handler(MyLinear(2, 2))
+    register_layer(MyLinear, binarize_layer)
+    assert layer_handler(MyLinear(2, 2)) is binarize_layer
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: register_layer("Linear", binarize_layer),
+            r"registry keys must be nn.Module subclasses, got 'Linear'",
+        ),
+        (
+            lambda: register_layer(int, binarize_layer),
+            r"registry keys must be nn.Module subclasses, got <class 'int'>",
+        ),
+        (lambda: register_layer(MyLinear, None), r"handler must be callable as handler\(module\), got None"),
+        (
+            lambda: registry.register_neuron(MyLinear, {}),
+            r"support must be a bso_snn.registry.NeuronSupport, got dict",
+        ),
+        (lambda: refuse_layer(MyLinear, ""), r"reason must be a non-empty string saying why, got ''"),
+    ],
+)
+def test_registration_errors(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
+
+
+def test_neuron_support_is_a_frozen_record():
+    support = NeuronSupport(
+        make_online=lambda m: None, is_online=lambda m: True, decay=lambda m: 0.5, reset=lambda m: None
+    )
+    assert support.membrane is None
+    with pytest.raises(AttributeError):
+        support.decay = None
+
+
+class OtherMixin:
+    pass
+
+
+def test_class_swaps_do_not_stack_but_repeat_is_a_no_op():
+    layer = nn.Linear(2, 2)
+    swap_class(layer, BinaryLayerMixin)
+    cls = type(layer)
+    swap_class(layer, BinaryLayerMixin)
+    assert type(layer) is cls
+    with pytest.raises(
+        TypeError, match=r"BinaryLayerLinear already carries BinaryLayerMixin; bso-snn cannot add"
+    ):
+        swap_class(layer, OtherMixin)
+
+
+def test_swapped_class_pickles_and_deepcopies():
+    layer = nn.Conv1d(2, 3, 3)
+    binarize_layer(layer)
+    layer.bso_lam = 0.25
+    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert type(clone) is type(layer) and clone.bso_lam == 0.25
+        assert clone.weight.equal(layer.weight) and clone.weight is not layer.weight
