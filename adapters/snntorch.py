@@ -1,0 +1,185 @@
+r"""snnTorch adapter: online mode, trace decay and per-instance reset for snnTorch neurons.
+
+Imported as ``bso_snn.adapters.snntorch``; :func:`bso_snn.convert` imports it when a model
+contains a module from the ``snntorch`` package. Importing it registers:
+
+* ``Leaky``, ``Synaptic``, ``RLeaky``, ``RSynaptic``: full support (online mode in both state
+  styles, every reset mechanism, ``lam`` inference, per-instance reset).
+* every other subclass of ``snntorch.SpikingNeuron`` (``Alpha``, ``Lapicque``, ``StateLeaky``,
+  ``SLSTM``, ...): refused. The base class is registered, so :func:`bso_snn.registry.neuron_support`
+  raises a ``TypeError`` for any subclass without its own entry, before ``convert`` changes anything.
+* ``LeakyParallel`` (not a ``SpikingNeuron``; an ``nn.RNN`` over the whole sequence): refused.
+
+**Online mode.** A neuron's class is swapped in place to ``(OnlineMixin, cls)``. Before every call
+the mixin replaces the neuron's own state buffers (``mem``, ``syn``, ``spk``) and every state tensor
+passed explicitly (``lif(x, mem)``, ``rlif(x, spk, mem)``, positional or keyword) by detached
+copies. Values are untouched, so outputs equal the original neuron's bit for bit; gradients no
+longer reach earlier time steps (the OTTT approximation). snnTorch's class methods
+``detach_hidden`` / ``reset_hidden`` act on every instance in the process and are never used.
+
+**Trace decay.** The membrane update is ``mem[t] = beta * mem[t-1] + I[t] - reset``, so the
+OTTT trace decay is ``lam = beta`` (clamped to ``[0, 1]`` as snnTorch does). It is inferred
+when ``beta`` is fixed (not learnable) and equal for all neurons of the layer. For ``Synaptic``
+the membrane integrates a filtered current ``syn[t] = alpha * syn[t-1] + I[t]``; the exact
+kernel is a difference of two exponentials, which one trace cannot represent, so ``lam`` is
+only inferred when ``alpha == 0`` (then ``Synaptic`` is ``Leaky``); otherwise pass ``lam``.
+
+**Recurrent weights** (``RLeaky``/``RSynaptic`` with ``all_to_all=True``) live in a child
+``nn.Linear``/``nn.Conv2d`` called ``recurrent`` whose input at step ``t`` is ``spk[t-1]``.
+``convert`` treats it as any other weight layer (binary unless skipped or filtered out). Its
+trace is the trace of ``spk[t-1]`` with decay ``beta``, which is exactly the OTTT gradient of the
+recurrent weight: unrolling ``mem[t] = sum_k beta^(t-k) (W x[k] + R spk[k-1])`` (reset and
+spike-to-state paths detached) gives ``dL[t]/dR = g[t] * sum_k beta^(t-k) spk[k-1]``.
+:func:`keep_recurrent_float` builds a ``filter_fn`` that keeps them float instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from snntorch import Leaky, LeakyParallel, RLeaky, RSynaptic, SpikingNeuron, Synaptic
+from torch import nn
+
+from bso_snn._classswap import original_class, swap_class
+from bso_snn.registry import NeuronSupport, register_neuron
+
+__all__ = ["OnlineMixin", "STATE_BUFFERS", "keep_recurrent_float", "recurrent_layers"]
+
+STATE_BUFFERS: dict[type, tuple[str, ...]] = {
+    Leaky: ("mem",),
+    Synaptic: ("syn", "mem"),
+    RLeaky: ("spk", "mem"),
+    RSynaptic: ("spk", "syn", "mem"),
+}
+"""The state buffers of each supported neuron class (non-persistent buffers in snnTorch)."""
+
+
+def _cut(value):
+    """``value`` detached from the graph if it is a tensor that carries one, else unchanged."""
+    return value.detach() if isinstance(value, torch.Tensor) and value.requires_grad else value
+
+
+class OnlineMixin:
+    """Mixed into a supported snnTorch neuron by :func:`make_online`.
+
+    Detaches the neuron's state buffers and the explicitly passed state arguments (everything
+    after ``input_``) before calling the original ``forward``.
+    """
+
+    def forward(self, *args, **kwargs):
+        for name in STATE_BUFFERS[original_class(self)]:
+            setattr(self, name, _cut(getattr(self, name)))
+        args = args[:1] + tuple(_cut(a) for a in args[1:])
+        kwargs = {k: v if k == "input_" else _cut(v) for k, v in kwargs.items()}
+        recurrent = self._modules.get("recurrent") if getattr(self, "all_to_all", False) else None
+        if recurrent is None:
+            return super().forward(*args, **kwargs)
+        # With reset_mechanism="zero", RLeaky/RSynaptic evaluate self.recurrent(self.spk) twice per
+        # step; a binary layer would then advance its trace twice. Evaluate it once per step.
+        self._modules["recurrent"] = _CallOnce(recurrent)
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._modules["recurrent"] = recurrent
+
+
+class _CallOnce(nn.Module):
+    """Stands in for a recurrent layer during one neuron step: the first call runs the layer,
+    a repeated call on the same input tensor returns the same output (same values, one graph)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.last is None or self.last[0] is not x:
+            self.last = (x, self.layer(x))
+        return self.last[1]
+
+
+def make_online(module: nn.Module) -> None:
+    """Put a supported snnTorch neuron in online mode in place (idempotent)."""
+    swap_class(module, OnlineMixin)
+
+
+def is_online(module: nn.Module) -> bool:
+    return isinstance(module, OnlineMixin)
+
+
+def _fixed_value(module: nn.Module, name: str) -> float | None:
+    """The value of a decay ``name`` clamped to ``[0, 1]`` when it is fixed and the same for
+    every neuron; ``None`` when it is learnable or differs between neurons."""
+    value = getattr(module, name)
+    if isinstance(value, nn.Parameter) and value.requires_grad:
+        return None
+    value = value.detach().clamp(0, 1).flatten()
+    if value.numel() == 0 or not bool((value == value[0]).all()):
+        return None
+    return float(value[0])
+
+
+def leaky_decay(module: nn.Module) -> float | None:
+    """``lam = beta`` for ``Leaky`` / ``RLeaky``; ``None`` for a learnable or per-neuron ``beta``."""
+    return _fixed_value(module, "beta")
+
+
+def synaptic_decay(module: nn.Module) -> float | None:
+    """``lam = beta`` for ``Synaptic`` / ``RSynaptic`` when ``alpha == 0`` (no synaptic filter),
+    else ``None``: a single exponential trace cannot represent the alpha-beta kernel."""
+    alpha = _fixed_value(module, "alpha")
+    return _fixed_value(module, "beta") if alpha == 0.0 else None
+
+
+def reset_state(module: nn.Module) -> None:
+    """Clear one neuron's state, as freshly constructed (empty buffers, sized lazily on the next
+    call), on the same device and dtype. Never touches other instances."""
+    for name in STATE_BUFFERS[original_class(module)]:
+        old = getattr(module, name)
+        setattr(module, name, torch.zeros(0, dtype=old.dtype, device=old.device))
+
+
+def _refuse(cls_name: str, reason: str) -> Callable[[nn.Module], None]:
+    def refuse(module: nn.Module) -> None:
+        raise TypeError(
+            f"bso-snn does not support snntorch.{cls_name}: {reason}. Use Leaky, Synaptic, RLeaky "
+            f"or RSynaptic, or register a bso_snn.registry.NeuronSupport for it."
+        )
+
+    return refuse
+
+
+def _no_state(module: nn.Module) -> None:
+    """``LeakyParallel`` keeps no state between calls: nothing to reset."""
+
+
+_BASE_REASON = "SpikingNeuron is snnTorch's abstract base class, not a neuron"
+_PARALLEL_REASON = (
+    "LeakyParallel runs an nn.RNN over the whole sequence in one call, so there is no per-step "
+    "state to cut and no online (per-step) gradient"
+)
+
+for _cls in (Leaky, RLeaky):
+    register_neuron(_cls, NeuronSupport(make_online, is_online, leaky_decay, reset_state))
+for _cls in (Synaptic, RSynaptic):
+    register_neuron(_cls, NeuronSupport(make_online, is_online, synaptic_decay, reset_state))
+# Any other SpikingNeuron subclass (Alpha, Lapicque, StateLeaky, SLSTM, DeltaLeaky, user classes)
+# has no entry of its own, so the registry raises a TypeError for it before convert changes anything.
+_refuse_base = _refuse("SpikingNeuron", _BASE_REASON)
+register_neuron(SpikingNeuron, NeuronSupport(_refuse_base, is_online, _refuse_base, _refuse_base))
+_refuse_parallel = _refuse("LeakyParallel", _PARALLEL_REASON)
+register_neuron(LeakyParallel, NeuronSupport(_refuse_parallel, is_online, _refuse_parallel, _no_state))
+
+
+def recurrent_layers(model: nn.Module) -> list[nn.Module]:
+    """The recurrent weight layers (``.recurrent`` ``nn.Linear``/``nn.Conv2d``) of every
+    ``RLeaky``/``RSynaptic`` with ``all_to_all=True`` in ``model``."""
+    return [m.recurrent for m in model.modules() if original_class(m) in (RLeaky, RSynaptic) and m.all_to_all]
+
+
+def keep_recurrent_float(model: nn.Module) -> Callable[[nn.Module, str], bool]:
+    """A ``filter_fn`` for :func:`bso_snn.convert` that keeps the recurrent weights of
+    ``model``'s ``RLeaky``/``RSynaptic`` neurons float (identified by object, not by name)."""
+    recurrent = {id(m) for m in recurrent_layers(model)}
+    return lambda module, name: id(module) not in recurrent
