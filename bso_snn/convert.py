@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import numbers
 from collections.abc import Callable
+from types import ModuleType
 
 from torch import nn
 
@@ -58,11 +59,10 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def load_adapters(model: nn.Module) -> None:
-    """Import the adapter of every neuron library whose modules appear in ``model``."""
+def load_adapters(model: nn.Module) -> list[ModuleType]:
+    """Import (and return) the adapter of every neuron library whose modules appear in ``model``."""
     roots = {type(m).__module__.split(".")[0] for m in model.modules()}
-    for root in sorted(roots & _ADAPTERS.keys()):
-        importlib.import_module(_ADAPTERS[root])
+    return [importlib.import_module(_ADAPTERS[root]) for root in sorted(roots & _ADAPTERS.keys())]
 
 
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -213,7 +213,7 @@ def convert(
     _check_arguments(model, lam, trace, skip_first_last, filter_fn, online, inplace)
     if not inplace:
         model = copy.deepcopy(model)
-    load_adapters(model)
+    adapters = load_adapters(model)
     plan = _plan(model, skip_first_last, filter_fn)
     neurons = _neurons(model) if online or lam is None else []
     lam = float(lam) if lam is not None else _infer_lam(neurons)
@@ -228,6 +228,10 @@ def convert(
         for name, module, support in neurons:
             support.make_online(module)
             report.online_neurons.append(name)
+    for adapter in adapters:  # library-specific finishing touches (e.g. SpikingJelly's reset_net)
+        finish = getattr(adapter, "after_convert", None)
+        if finish is not None:
+            finish(model)
     return report
 
 

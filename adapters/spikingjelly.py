@@ -1,0 +1,120 @@
+"""SpikingJelly adapter (``bso_snn.adapters.spikingjelly``), for the PyPI releases 0.0.0.0.14 and
+2.0.0. ``bso_snn.convert`` imports it when a model contains SpikingJelly modules; importing it
+registers SpikingJelly's classes with the bso-snn registry.
+
+What it registers (exact classes; see ``docs/spikingjelly.md``):
+
+* layers ``layer.Linear``, ``layer.Conv1d``, ``layer.Conv2d`` -> sign-weight layers that keep
+  ``step_mode`` (``'m'`` takes ``[T, N, *]``); ``layer.WSLinear`` / ``layer.WSConv2d`` (2.0.0)
+  are refused: weight standardisation of ±1 weights gives non-binary effective weights;
+* neurons ``IFNode`` (``lam = 1``), ``LIFNode`` (``lam = 1 - 1/tau``), ``ParametricLIFNode``
+  (learnable tau: no inferred ``lam``) -> online mode that keeps the neuron's backend;
+  ``BaseNode`` itself, so that any other ``BaseNode`` subclass is refused by the registry with
+  a message saying how to register it (:func:`memory_neuron_support`).
+
+After conversion (:func:`after_convert`, called by ``bso_snn.convert``): every converted layer's
+trace becomes a SpikingJelly memory (``functional.reset_net`` clears it, without warnings),
+``SeqToANNContainer`` / ``StepModeContainer`` tell the converted layers inside them how many
+time steps are folded into the batch, and 2.0.0's ``reset_net`` cache is invalidated.
+"""
+
+from __future__ import annotations
+
+from spikingjelly.activation_based import functional, layer, neuron
+from torch import nn
+
+from bso_snn.layers import binarize_layer, is_binary_layer
+from bso_snn.registry import refuse_layer, register_layer, register_neuron
+
+from .spikingjelly_layers import (
+    FlatStepsMixin,
+    ResettableBinaryMixin,
+    StepModeFlatStepsMixin,
+    TraceMemory,
+    VmapRefusedMixin,
+    adapt_container,
+    make_resettable,
+)
+from .spikingjelly_neurons import OnlineMixin, check_cupy_device, memory_neuron_support
+from .spikingjelly_release import CLASSIC, RELEASE
+
+__all__ = [
+    "CLASSIC",
+    "RELEASE",
+    "OnlineMixin",
+    "ResettableBinaryMixin",
+    "TraceMemory",
+    "WS_REFUSAL",
+    "after_convert",
+    "check_cupy_device",
+    "memory_neuron_support",
+]
+
+WS_REFUSAL = (
+    "weight standardisation ((W - mean) / std * gain, per output channel) of ±1 weights gives "
+    "effective weights that are not ±1 (and undefined when a filter's weights are all equal), so "
+    "the layer would not be binary; replace it with layer.Conv2d / layer.Linear (and a BatchNorm) "
+    "before converting"
+)
+
+
+def _lif_decay(node: nn.Module) -> float:
+    return 1.0 - 1.0 / float(node.tau)
+
+
+def _register() -> None:
+    for cls in (layer.Linear, layer.Conv1d, layer.Conv2d):
+        register_layer(cls, binarize_layer)
+    for name in ("WSConv2d", "WSLinear"):  # only in 2.0.0 (and the unreleased classic master)
+        cls = getattr(layer, name, None)
+        if cls is not None:
+            refuse_layer(cls, WS_REFUSAL)
+
+    register_neuron(neuron.IFNode, memory_neuron_support(decay=lambda node: 1.0))
+    register_neuron(neuron.LIFNode, memory_neuron_support(decay=_lif_decay))
+    # tau is learnable: a decay read at conversion time would be stale after the first update.
+    register_neuron(neuron.ParametricLIFNode, memory_neuron_support(decay=lambda node: None))
+    # Registering the base classes makes the registry refuse every other subclass with a message
+    # that says how to register it, instead of leaving it in BPTT mode without a word.
+    register_neuron(neuron.BaseNode, memory_neuron_support())
+    if not CLASSIC:
+        register_neuron(neuron.SimpleBaseNode, memory_neuron_support())
+
+
+def _container_glue() -> dict[type, type]:
+    glue = {layer.SeqToANNContainer: FlatStepsMixin, layer.StepModeContainer: StepModeFlatStepsMixin}
+    if not CLASSIC:
+        glue[layer.TLastSeqToANNContainer] = VmapRefusedMixin
+    return glue
+
+
+_CONTAINER_GLUE = _container_glue()
+
+
+def after_convert(model: nn.Module) -> None:
+    """Finish converting a model that contains SpikingJelly modules (``bso_snn.convert`` calls
+    this; calling it again changes nothing).
+
+    * each converted layer keeps its trace in a :class:`TraceMemory` child, so
+      ``functional.reset_net`` and ``functional.detach_net`` handle it (``state_dict`` keys are
+      unchanged);
+    * ``SeqToANNContainer`` (and non-stateful multi-step ``StepModeContainer``) holding converted
+      layers tells them ``T`` on every call, since they see ``[T*N, *]``;
+    * online neurons learn their qualified name (for error messages);
+    * 2.0.0: the ``reset_net`` cache of ``model`` and of each of its submodules is invalidated.
+    """
+    modules = list(model.named_modules())
+    for name, module in modules:
+        if is_binary_layer(module):
+            make_resettable(module)
+        elif isinstance(module, OnlineMixin):
+            module.bso_name = name
+        glue = _CONTAINER_GLUE.get(getattr(type(module), "_bso_base", type(module)))
+        if glue is not None:
+            adapt_container(module, glue)
+    if not CLASSIC:
+        for module in model.modules():
+            functional.invalidate_reset_cache(module)
+
+
+_register()
