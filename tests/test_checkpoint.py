@@ -19,7 +19,7 @@ from bso_snn.checkpoint import (
     unpack_signs,
 )
 from bso_snn.convert import convert
-from bso_snn.layers import binarize_layer, binary_parameters
+from bso_snn.layers import binarize_layer, binary_parameters, is_binary_layer
 from bso_snn.registry import register_layer
 
 
@@ -127,7 +127,7 @@ def test_vgg11_packed_file_is_at_most_a_thirtieth_of_float32(tmp_path):
     convert(model, lam=0.5)
     binary_weights = sum(p.numel() for p in binary_parameters(model))
     binary_layer_bytes = sum(
-        4 * p.numel() for m in model.modules() if hasattr(m, "bso_lam") for p in m.parameters()
+        4 * p.numel() for m in model.modules() if is_binary_layer(m) for p in m.parameters()
     )
     path = tmp_path / "vgg11.bso"
     save_packed(model, path)
