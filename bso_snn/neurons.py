@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._classswap import swap_class
-from .online.state import clear_membrane_history, detach_state, membrane_history_step, tag_output
+from .online.state import clear_membrane_history, detach_state, tag_output
 from .registry import NeuronSupport, register_neuron
 
 __all__ = ["LIF", "atan_spike"]
@@ -148,16 +148,16 @@ class OnlineMixin:
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         detach_state(self, ("v",))
-        pair = membrane_history_step(self, self.v)
-        return tag_output(super().single_step_forward(x), [pair])
+        h_before = self.v
+        return tag_output(self, super().single_step_forward(x), [h_before])
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        spikes, pairs = [], []
+        spikes, h_before = [], []
         for x in x_seq:
             detach_state(self, ("v",))
-            pairs.append(membrane_history_step(self, self.v))
+            h_before.append(self.v)
             spikes.append(super().single_step_forward(x))
-        return tag_output(torch.stack(spikes), pairs)
+        return tag_output(self, torch.stack(spikes), h_before)
 
 
 def _make_online(neuron: LIF) -> None:

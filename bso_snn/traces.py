@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from typing import Union
 
 import torch
@@ -30,17 +31,32 @@ from .sign import sign
 Decay = Union[float, torch.Tensor]  # noqa: UP007 (runtime alias, py3.10+)
 Membrane = Union[torch.Tensor, float]  # noqa: UP007 (runtime alias, py3.10+)
 TAG_ATTR = "_bso_ndot_history"  # on a neuron's output tensor: its MembraneHistory
+RECORDING_ATTR = "_bso_ndot_recording"  # on a neuron: True once an NDOT layer reads it
+PREVIOUS_ATTR = "_bso_ndot_h_prev"  # on a recording neuron: its membrane at the start of its previous step
 
 
 @dataclasses.dataclass(frozen=True)
 class MembraneHistory:
-    """``(h[t-1], h[t-2])`` for each time step of one neuron output.
+    """What an online neuron attaches to one output tensor for NDOT.
 
-    ``h[t-2]`` is ``None`` at the first step after a reset (no decay is needed there: the
-    trace starts at that step).
+    Attributes:
+        h_before: the membrane at the start of each time step of this output, i.e. ``h[t-1]``
+            for step ``t`` (a float for a neuron at rest that has no tensor state yet).
+        earlier: ``h[t0-2]`` for the first step ``t0`` of this output, or ``None`` when unknown
+            (first step after a reset, or the neuron is not recording yet).
+        source: weak reference to the neuron, so a layer can switch its recording on.
     """
 
-    steps: tuple[tuple[Membrane, Membrane | None], ...]
+    h_before: tuple[Membrane, ...]
+    earlier: Membrane | None
+    source: weakref.ref
+
+    def start_recording(self) -> None:
+        """Make the neuron remember ``h[t-2]`` from now on (only NDOT needs that memory)."""
+        neuron = self.source()
+        if neuron is not None and not getattr(neuron, RECORDING_ATTR, False):
+            setattr(neuron, RECORDING_ATTR, True)
+            setattr(neuron, PREVIOUS_ATTR, self.h_before[-1])
 
 
 def find_membrane_history(x: torch.Tensor) -> MembraneHistory | None:
@@ -111,22 +127,25 @@ def ndot_decay(layer: nn.Module, x: torch.Tensor, x_seq: torch.Tensor) -> torch.
     if layer.bso_lam is None:
         raise RuntimeError(f"{name} has no lam for the NDOT clamp: pass lam=... to bso_snn.convert")
     steps = x_seq.shape[0]
-    if len(history.steps) != steps:
+    if len(history.h_before) != steps:
         raise RuntimeError(
             f"{name} sees {steps} time step(s) in its input but the presynaptic neuron produced "
-            f"{len(history.steps)}; give the layer and the neuron the same step mode"
+            f"{len(history.h_before)}; give the layer and the neuron the same step mode"
         )
     decay = torch.empty_like(x_seq)
-    for t, (h_prev, h_prev2) in enumerate(history.steps):
+    for t in range(steps):
         if t == 0 and layer.bso_trace is None:
             decay[0] = 0.0  # never used: the trace starts at this step
             continue
+        h_prev2 = history.h_before[t - 1] if t > 0 else history.earlier
         if h_prev2 is None:
             raise RuntimeError(
-                f"{name} still holds a trace but its presynaptic neuron was reset; reset both with "
-                f"bso_snn.reset(model) before each new sequence"
+                f"{name} holds a trace but its presynaptic neuron has no membrane history for it: the "
+                f"neuron was reset without the layer, or the layer switched to NDOT mid-sequence. "
+                f"Reset both with bso_snn.reset(model) before each new sequence"
             )
-        h_prev = torch.as_tensor(h_prev, dtype=x_seq.dtype, device=x_seq.device)
+        h_prev = torch.as_tensor(history.h_before[t], dtype=x_seq.dtype, device=x_seq.device)
         ratio = ndot_ratio(h_prev, h_prev2, layer.bso_lam)
         decay[t] = ratio.reshape(x_seq.shape[1:]) if ratio.dim() else ratio
+    history.start_recording()
     return decay

@@ -140,7 +140,7 @@ def test_reset_neuron_without_layer_is_reported():
     model(torch.randn(4, 6))
     model[1].reset()  # the neuron only, not the layer's trace
     with pytest.raises(
-        RuntimeError, match=r"still holds a trace but its presynaptic neuron was reset.*bso_snn.reset"
+        RuntimeError, match=r"holds a trace but its presynaptic neuron has no membrane history.*bso_snn.reset"
     ):
         model(torch.randn(4, 6))
 
@@ -153,3 +153,13 @@ def test_mismatched_step_modes_are_reported():
         RuntimeError, match=r"sees 2 time step\(s\) in its input but the presynaptic neuron produced 1"
     ):
         model(torch.randn(2, 4, 6))
+
+
+@pytest.mark.parametrize("trace, recording", [("ottt", False), ("ndot", True)])
+def test_neurons_remember_membranes_only_for_ndot(trace, recording):
+    model = net(trace)
+    for x in torch.randn(3, 4, 6):
+        model(x).sum().backward()
+    remembered = getattr(model[1], "_bso_ndot_h_prev", None)
+    assert isinstance(remembered, torch.Tensor) == recording
+    assert getattr(model[4], "_bso_ndot_h_prev", None) is None  # feeds a float layer: never read

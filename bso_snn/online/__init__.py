@@ -3,7 +3,7 @@
 from ..traces import accumulate_trace
 from .loop import StepResult, evaluate, set_step_mode, train_step
 from .reset import reset
-from .state import clear_membrane_history, detach_state, membrane_history_step, tag_output
+from .state import clear_membrane_history, detach_state, tag_output
 
 __all__ = [
     "StepResult",
@@ -11,7 +11,6 @@ __all__ = [
     "clear_membrane_history",
     "detach_state",
     "evaluate",
-    "membrane_history_step",
     "reset",
     "set_step_mode",
     "tag_output",
