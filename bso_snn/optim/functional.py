@@ -1,0 +1,240 @@
+r"""The BSO / T-BSO update as pure functions on lists of tensors.
+
+One flip rule, for binary weights :math:`W \in \{-1, +1\}` and a threshold :math:`\theta \ge 0`:
+
+.. math::
+    M &\leftarrow \beta M + (1 - \beta) G \\
+    W &\leftarrow \begin{cases} -W & \text{if } W \odot M > \theta \\ W & \text{otherwise} \end{cases}
+
+(``W <- -sign(W*M - theta) * W`` with a tie ``W*M == theta`` keeping its sign). BSO uses
+:math:`\theta = \gamma`; T-BSO uses one threshold per layer and time step,
+
+.. math::
+    v[t] \leftarrow \beta_2 v[t] + (1 - \beta_2)\,\overline{G^2}, \qquad
+    \theta = \gamma \sqrt{v[t] + \epsilon},
+
+with :math:`\overline{G^2}` the mean of the squared gradient over the whole tensor.
+
+Rounding, defined once and shared by both implementations: the momentum update is
+``M.lerp_(G, 1 - beta)`` (the same formulation as ``torch.optim.Adam``'s first moment; equal to
+``beta*M + (1-beta)*G`` up to the last bit), ``W*M`` is exact because ``|W| = 1``, and
+``mean(G^2)`` is :func:`mean_square`. Each function has a plain single-tensor reference
+(``foreach=False``) and a multi-tensor implementation on ``torch._foreach_*`` ops, grouped by
+device and dtype (``foreach=True``, the default), which agree bit for bit (tested).
+Reductions (``mean(G^2)``, flip counts) are per tensor in both, so they agree on every device.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+Threshold = float | Tensor
+"""A Python float (BSO's gamma) or a 0-dim tensor on the parameter's device (T-BSO)."""
+
+
+def mean_square(grad: Tensor, dtype: torch.dtype) -> Tensor:
+    """``mean(grad**2)`` over all elements, as a 0-dim tensor of ``dtype`` (one pass, no temporary)."""
+    return torch.linalg.vector_norm(grad, dtype=dtype).square() / grad.numel()
+
+
+def second_moment_dtype(param: Tensor) -> torch.dtype:
+    """The dtype of T-BSO's ``v``: float64 for float64 parameters, float32 otherwise."""
+    return torch.promote_types(param.dtype, torch.float32)
+
+
+def _group_by_device_and_dtype(tensors: list[Tensor]) -> list[list[int]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.device, t.dtype)].append(i)
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------- the flip rule
+
+
+def _single_tensor_flip(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    thresholds: list[Threshold],
+    beta: float,
+    reset_momentum: bool,
+) -> list[Tensor]:
+    counts = []
+    for w, g, m, threshold in zip(params, grads, momenta, thresholds, strict=True):
+        m.lerp_(g, 1 - beta)
+        flip = w * m > threshold
+        w.copy_(torch.where(flip, -w, w))
+        if reset_momentum:
+            m.masked_fill_(flip, 0.0)
+        counts.append(flip.sum())
+    return counts
+
+
+def _multi_tensor_flip(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    thresholds: list[Threshold],
+    beta: float,
+    reset_momentum: bool,
+) -> list[Tensor]:
+    counts: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    for index in _group_by_device_and_dtype(params):
+        ws = [params[i] for i in index]
+        ms = [momenta[i] for i in index]
+        torch._foreach_lerp_(ms, [grads[i] for i in index], 1 - beta)
+        flips = torch._foreach_mul(ws, ms)  # W*M, exact since |W| = 1
+        for flip, i in zip(flips, index, strict=True):
+            flip.gt_(thresholds[i])  # in place: 1.0 where W*M > threshold, else 0.0
+        torch._foreach_addcmul_(ws, ws, flips, value=-2.0)  # W - 2W*flip: exactly -W or W
+        if reset_momentum:
+            torch._foreach_addcmul_(ms, ms, flips, value=-1.0)  # M - M*flip: exactly 0 or M
+        for flip, i in zip(flips, index, strict=True):
+            counts[i] = torch.count_nonzero(flip)
+    return counts
+
+
+def flip_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    thresholds: list[Threshold],
+    *,
+    beta: float,
+    reset_momentum: bool = False,
+    foreach: bool = True,
+) -> list[Tensor]:
+    """Update each momentum in place and flip each weight where ``W*M > threshold``.
+
+    Args:
+        params: binary weights (exactly ±1), updated in place.
+        grads: their gradients.
+        momenta: their momenta ``M``, updated in place.
+        thresholds: one threshold per parameter (float or 0-dim tensor), ``>= 0``.
+        beta: momentum decay.
+        reset_momentum: set ``M`` to 0 where a weight flipped.
+        foreach: multi-tensor implementation (True) or the single-tensor reference (False).
+
+    Returns:
+        The number of flipped weights per parameter (0-dim int64 tensors on its device).
+    """
+    if not params:
+        return []
+    impl = _multi_tensor_flip if foreach else _single_tensor_flip
+    return impl(params, grads, momenta, thresholds, beta, reset_momentum)
+
+
+# --------------------------------------------------------------------------- T-BSO thresholds
+
+
+def _single_tensor_thresholds(
+    second_moments: list[Tensor],
+    mean_squares: list[Tensor],
+    time_step: int,
+    gamma: float,
+    beta2: float,
+    eps: float,
+) -> list[Tensor]:
+    thresholds = []
+    for v, mean_sq in zip(second_moments, mean_squares, strict=True):
+        v_t = v[time_step]
+        v_t.lerp_(mean_sq, 1 - beta2)
+        thresholds.append(torch.sqrt(v_t + eps) * gamma)
+    return thresholds
+
+
+def _multi_tensor_thresholds(
+    second_moments: list[Tensor],
+    mean_squares: list[Tensor],
+    time_step: int,
+    gamma: float,
+    beta2: float,
+    eps: float,
+) -> list[Tensor]:
+    v_t = [v[time_step] for v in second_moments]
+    torch._foreach_lerp_(v_t, mean_squares, 1 - beta2)
+    thresholds = torch._foreach_add(v_t, eps)
+    torch._foreach_sqrt_(thresholds)
+    torch._foreach_mul_(thresholds, gamma)
+    return list(thresholds)
+
+
+def temporal_thresholds_(
+    second_moments: list[Tensor],
+    mean_squares: list[Tensor],
+    *,
+    time_step: int,
+    gamma: float,
+    beta2: float,
+    eps: float,
+    foreach: bool = True,
+) -> list[Tensor]:
+    """T-BSO: update ``v[time_step]`` of each parameter in place and return its threshold
+    ``gamma * sqrt(v[time_step] + eps)`` (0-dim, on ``v``'s device).
+
+    ``mean_squares`` are :func:`mean_square` of the gradients, in ``v``'s dtype.
+    """
+    if not second_moments:
+        return []
+    impl = _multi_tensor_thresholds if foreach else _single_tensor_thresholds
+    return impl(second_moments, mean_squares, time_step, gamma, beta2, eps)
+
+
+# --------------------------------------------------------------------------- the two updates
+
+
+def bso(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    *,
+    gamma: float,
+    beta: float,
+    reset_momentum: bool = False,
+    foreach: bool = True,
+) -> list[Tensor]:
+    """One BSO step in place; returns the flip count per parameter (see :func:`flip_`)."""
+    return flip_(
+        params,
+        grads,
+        momenta,
+        [gamma] * len(params),
+        beta=beta,
+        reset_momentum=reset_momentum,
+        foreach=foreach,
+    )
+
+
+def tbso(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    second_moments: list[Tensor],
+    *,
+    time_step: int,
+    gamma: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    mean_squares: list[Tensor] | None = None,
+    reset_momentum: bool = False,
+    foreach: bool = True,
+) -> list[Tensor]:
+    """One T-BSO step at ``time_step`` in place; returns the flip count per parameter.
+
+    ``second_moments`` are the per-parameter ``v`` vectors (length ``T``). ``mean_squares``
+    may pass precomputed :func:`mean_square` values of ``grads`` (the optimizer computes them
+    once to check that they are finite); they are computed here when ``None``.
+    """
+    if mean_squares is None:
+        mean_squares = [mean_square(g, v.dtype) for g, v in zip(grads, second_moments, strict=True)]
+    thresholds = temporal_thresholds_(
+        second_moments, mean_squares, time_step=time_step, gamma=gamma, beta2=beta2, eps=eps, foreach=foreach
+    )
+    return flip_(
+        params, grads, momenta, thresholds, beta=beta1, reset_momentum=reset_momentum, foreach=foreach
+    )

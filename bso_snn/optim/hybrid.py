@@ -1,0 +1,193 @@
+"""Training binary and full-precision parameters together.
+
+BSO/T-BSO train the ±1 weights of converted layers; everything else (first and last layers,
+biases, normalisation) needs an ordinary optimizer (the BSO paper: SGD, lr 0.1, cosine).
+:func:`split_parameters` splits a model's parameters by the converter's module tag, and
+:class:`HybridOptimizer` presents several optimizers as one for the training loop and
+checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import binary_parameters
+from .optimizers import BSO, TBSO, FlipStat
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(binary, real)``: every trainable parameter of ``model`` exactly once.
+
+    ``binary`` are the ±1 weights of layers converted by ``bso_snn.convert`` (found through
+    their modules, never by name); ``real`` are all other parameters with ``requires_grad``.
+
+    Raises:
+        ValueError: ``model`` has no binary parameter (it was not converted).
+    """
+    binary = [p for p in binary_parameters(model) if p.requires_grad]
+    if not binary:
+        raise ValueError(
+            f"split_parameters: {type(model).__name__} has no trainable binary parameter; convert it "
+            f"first with bso_snn.convert(model) (and check the report: with skip_first_last=True a "
+            f"model of two weight layers keeps both in float)"
+        )
+    binary_ids = {id(p) for p in binary}
+    real = [p for p in model.parameters() if p.requires_grad and id(p) not in binary_ids]
+    return binary, real
+
+
+class HybridOptimizer:
+    """Several optimizers stepped, zeroed and checkpointed as one.
+
+    ``param_groups`` is the concatenation of the inner optimizers' groups (the same dict
+    objects), ``state_dict()`` nests each inner optimizer's state dict, and
+    ``reset_time_step`` / ``set_time_step`` / ``flip_stats`` reach the inner bso-snn
+    optimizers. A parameter may belong to only one inner optimizer.
+
+    Schedulers: give ``torch.optim.lr_scheduler`` schedulers the inner float optimizer
+    (``hybrid.optimizers[i]``), since binary groups have no ``lr``; give
+    :class:`~bso_snn.optim.ParamScheduler` the hybrid itself (it schedules every group that has
+    the key, e.g. ``'lr'`` or ``'gamma'``).
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        if not optimizers:
+            raise ValueError(
+                "HybridOptimizer needs at least one optimizer, e.g. HybridOptimizer(TBSO(...), SGD(...))"
+            )
+        for i, opt in enumerate(optimizers):
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(
+                    f"HybridOptimizer argument {i} is a {type(opt).__name__}; pass torch.optim.Optimizer "
+                    f"instances (BSO, TBSO, SGD, ...)"
+                )
+        owner: dict[int, int] = {}
+        for i, opt in enumerate(optimizers):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in owner and owner[id(p)] != i:
+                        raise ValueError(
+                            f"a parameter of shape {tuple(p.shape)} is in optimizer {owner[id(p)]} "
+                            f"({type(optimizers[owner[id(p)]]).__name__}) and optimizer {i} "
+                            f"({type(opt).__name__}); each parameter must have exactly one optimizer "
+                            f"(bso_snn.optim.split_parameters(model) splits a model's parameters)"
+                        )
+                    owner[id(p)] = i
+        self.optimizers = tuple(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    @property
+    def state(self) -> dict[Tensor, dict[str, Any]]:
+        """The inner optimizers' per-parameter state, merged (read-only view, a new dict)."""
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """Evaluate ``closure`` once (if given), then step every inner optimizer."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "types": [type(opt).__name__ for opt in self.optimizers],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not (isinstance(state_dict, dict) and {"optimizers", "types"} <= state_dict.keys()):
+            raise ValueError(
+                "HybridOptimizer.load_state_dict expects a dict saved by HybridOptimizer.state_dict() "
+                "(keys 'optimizers' and 'types')"
+            )
+        mine = [type(opt).__name__ for opt in self.optimizers]
+        if list(state_dict["types"]) != mine:
+            raise ValueError(
+                f"HybridOptimizer.load_state_dict: the saved state holds optimizers {list(state_dict['types'])} "
+                f"but this HybridOptimizer has {mine}; build it with the same optimizers in the same order"
+            )
+        for opt, inner in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            opt.load_state_dict(inner)
+
+    def reset_time_step(self) -> None:
+        """Rewind the time index of every inner optimizer that has one."""
+        for opt in self.optimizers:
+            rewind = getattr(opt, "reset_time_step", None)
+            if rewind is not None:
+                rewind()
+
+    def set_time_step(self, t: int) -> None:
+        """Set the time index of every inner optimizer that has one (T-BSO)."""
+        timed = [opt for opt in self.optimizers if hasattr(opt, "set_time_step")]
+        if not timed:
+            raise TypeError(
+                f"set_time_step: none of {[type(o).__name__ for o in self.optimizers]} has a time index (only TBSO has)"
+            )
+        for opt in timed:
+            opt.set_time_step(t)
+
+    def flip_stats(self) -> list[FlipStat]:
+        """The inner optimizers' ``flip_stats()``, indexed over this optimizer's parameters."""
+        stats, offset = [], 0
+        for opt in self.optimizers:
+            if hasattr(opt, "flip_stats"):
+                for s in opt.flip_stats():
+                    stats.append(FlipStat(index=s.index + offset, numel=s.numel, flips=s.flips, rate=s.rate))
+            offset += sum(len(group["params"]) for group in opt.param_groups)
+        return stats
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(opt).replace("\n", "\n  ") for opt in self.optimizers)
+        return f"HybridOptimizer(\n  {inner}\n)"
+
+
+def make_optimizer(
+    model: nn.Module,
+    kind: str = "tbso",
+    *,
+    time_steps: int | None = None,
+    float_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    **binary_kwargs: Any,
+) -> HybridOptimizer:
+    """BSO or T-BSO on ``model``'s binary parameters plus a float optimizer on the rest.
+
+    Args:
+        model: a converted model.
+        kind: ``'tbso'`` or ``'bso'``.
+        time_steps: ``T``, required for ``'tbso'``.
+        float_optimizer: ``params -> Optimizer`` for the real parameters; default
+            ``SGD(params, lr=0.1)`` (the paper's learning rate; add momentum, weight decay and a
+            cosine schedule as you need). Not built when the model has no real parameter.
+        **binary_kwargs: passed to :class:`BSO` / :class:`TBSO` (``gamma``, ``beta``/``betas``, ...).
+    """
+    binary, real = split_parameters(model)
+    if kind == "tbso":
+        if time_steps is None:
+            raise ValueError(
+                "make_optimizer(kind='tbso') needs time_steps=T (the number of time steps per sequence)"
+            )
+        inner = [TBSO(binary, time_steps=time_steps, **binary_kwargs)]
+    elif kind == "bso":
+        if time_steps is not None:
+            raise ValueError("time_steps is a T-BSO setting; BSO has no time index (use kind='tbso')")
+        inner = [BSO(binary, **binary_kwargs)]
+    else:
+        raise ValueError(f"kind={kind!r} must be 'tbso' or 'bso'")
+    if real:
+        build = float_optimizer or (lambda params: torch.optim.SGD(params, lr=0.1))
+        inner.append(build(real))
+    return HybridOptimizer(*inner)

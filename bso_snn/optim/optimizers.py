@@ -1,0 +1,453 @@
+r"""``BSO`` and ``TBSO``: ``torch.optim.Optimizer`` classes over :mod:`bso_snn.optim.functional`.
+
+The classes validate, initialise state lazily, gather lists and call the pure functions.
+State per parameter: ``momentum`` (like the parameter) and, for T-BSO, ``v`` (``time_steps``
+scalars on the parameter's device). Nothing else is kept per element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..sign import is_binary_tensor
+from . import functional as F
+
+_NONFINITE = ("skip", "raise")
+
+_CONVERT_HINT = (
+    "Convert the model first with bso_snn.convert(model) and pass bso_snn.binary_parameters(model), "
+    "or split it with bso_snn.optim.split_parameters(model) -> (binary, real) and give the real "
+    "parameters to a float optimizer (bso_snn.optim.HybridOptimizer combines both)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlipStat:
+    """Flips of one parameter in the last optimizer step.
+
+    Attributes:
+        index: position of the parameter in the optimizer (over all param groups, in order).
+        numel: number of weights.
+        flips: how many weights changed sign.
+        rate: ``flips / numel``.
+    """
+
+    index: int
+    numel: int
+    flips: int
+    rate: float
+
+
+def _check_number(name: str, value: Any, low: float, high: float, *, high_open: bool, hint: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+        raise ValueError(f"{name}={value!r} must be a finite number in {interval}; {hint}")
+
+
+class _BinaryOptimizer(torch.optim.Optimizer):
+    """What BSO and T-BSO share: validation, lazy state, non-finite handling, flip statistics."""
+
+    _name = "BSO"
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any], *, foreach: bool, nonfinite: str) -> None:
+        if not isinstance(foreach, bool):
+            raise TypeError(
+                f"foreach={foreach!r} must be True (multi-tensor) or False (single-tensor reference)"
+            )
+        if nonfinite not in _NONFINITE:
+            raise ValueError(
+                f"nonfinite={nonfinite!r} must be 'skip' (skip that parameter's update and warn) or "
+                f"'raise' (raise FloatingPointError before anything is updated)"
+            )
+        self.foreach = foreach
+        self.nonfinite = nonfinite
+        self._flip_counts: dict[int, Tensor] = {}
+        super().__init__(params, defaults)
+
+    # ---------------------------------------------------------------- validation
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group)
+            self._check_binary(group["params"])
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        _check_number(
+            "gamma",
+            group["gamma"],
+            0.0,
+            math.inf,
+            high_open=True,
+            hint="it is the flip threshold (paper: 5e-7)",
+        )
+        if group.get("weight_decay", 0) != 0:
+            raise ValueError(
+                f"weight_decay={group['weight_decay']!r} is not supported by {self._name}: binary weights "
+                f"are exactly ±1 and have no latent real value to decay. Put weight decay on the float "
+                f"optimizer of the real-valued parameters instead (e.g. SGD(real, weight_decay=...))"
+            )
+        if not isinstance(group["reset_momentum"], bool):
+            raise TypeError(f"reset_momentum={group['reset_momentum']!r} must be a bool")
+
+    def _check_binary(self, params: list[Tensor]) -> None:
+        offset = sum(len(g["params"]) for g in self.param_groups[:-1])
+        for i, p in enumerate(params, start=offset):
+            if not p.is_floating_point():
+                raise TypeError(
+                    f"{self._name}: parameter {i} has dtype {p.dtype}; binary parameters must be a "
+                    f"floating-point tensor holding ±1. {_CONVERT_HINT}"
+                )
+            with torch.no_grad():
+                if not is_binary_tensor(p):
+                    bad = p[(p != 1) & (p != -1)].flatten()[0].item()
+                    raise ValueError(
+                        f"{self._name}: parameter {i} (shape {tuple(p.shape)}) is not binary: it holds "
+                        f"{bad!r}, but every value must be exactly -1 or +1. {self._name} only trains ±1 "
+                        f"weights (e.g. model.parameters() of an unconverted model will not do). {_CONVERT_HINT}"
+                    )
+
+    # ---------------------------------------------------------------- time index (T-BSO only)
+    def reset_time_step(self) -> None:
+        """Rewind the time index to 0 (a no-op for BSO, which has none).
+
+        Present on both classes so ``bso_snn.reset(model, optimizer)`` accepts either.
+        """
+
+    # ---------------------------------------------------------------- step
+    def _gather(self, group: dict[str, Any], offset: int) -> tuple[list[int], list[Tensor], list[Tensor]]:
+        """Indices, parameters and gradients of the group's parameters that have a gradient."""
+        indices, params, grads = [], [], []
+        for i, p in enumerate(group["params"], start=offset):
+            if p.grad is None or p.numel() == 0:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{self._name} does not support sparse gradients (parameter {i})")
+            indices.append(i)
+            params.append(p)
+            grads.append(p.grad)
+        return indices, params, grads
+
+    def _finite(self, indices: list[int], probes: list[Tensor], group_index: int) -> list[bool]:
+        """Which probes are finite (one host sync per device); warn or raise about the others."""
+        finite = _host_values([probe.isfinite().all() for probe in probes])
+        bad = [i for i, ok in zip(indices, finite, strict=True) if not ok]
+        if bad:
+            message = (
+                f"{self._name}: non-finite gradient (NaN or inf) in parameter(s) {bad} of param group "
+                f"{group_index}"
+            )
+            if self.nonfinite == "raise":
+                raise FloatingPointError(message + "; nothing was updated in this step")
+            warnings.warn(
+                message + "; their update was skipped and their weights and state kept", stacklevel=3
+            )
+        return finite
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """Update momenta and flip weights; returns ``closure()``'s loss when given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        offset = 0
+        for group_index, group in enumerate(self.param_groups):
+            self._check_group(group)  # hyperparameters may have been changed by a scheduler
+            indices, params, grads = self._gather(group, offset)
+            offset += len(group["params"])
+            probes = self._probe(params, grads)
+            keep = self._finite(indices, probes, group_index)
+            work.append((group, indices, params, grads, probes, keep))
+        self._flip_counts = {}
+        for group, indices, params, grads, probes, keep in work:  # only now, after every check passed
+            params, grads, probes, indices = (
+                _kept(items, keep) for items in (params, grads, probes, indices)
+            )
+            counts = self._update(group, params, grads, probes)
+            self._flip_counts.update(zip(indices, counts, strict=True))
+            self._advance(group)
+        return loss
+
+    def _probe(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """Per gradient, a small tensor that is finite exactly when its update is safe to apply:
+        ``(min, max)`` of the gradient (one pass, no full-size temporary)."""
+        return [torch.stack(torch.aminmax(g)) for g in grads]
+
+    def _momenta(self, params: list[Tensor]) -> list[Tensor]:
+        momenta = []
+        for p in params:
+            state = self.state[p]
+            if "momentum" not in state:
+                state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            momenta.append(state["momentum"])
+        return momenta
+
+    def _update(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], probes: list[Tensor]
+    ) -> list[Tensor]:
+        raise NotImplementedError  # each subclass defines its update
+
+    def _advance(self, group: dict[str, Any]) -> None:
+        """Move the group's time index on after a step (T-BSO)."""
+
+    # ---------------------------------------------------------------- statistics
+    def flip_stats(self) -> list[FlipStat]:
+        """Flips per parameter in the last step, for every parameter that was updated in it.
+
+        The counts are kept on the parameters' devices during training; this call reads them
+        (one host sync), so calling it only when logging keeps the training loop sync-free.
+        """
+        if not self._flip_counts:
+            return []
+        params = [p for group in self.param_groups for p in group["params"]]
+        indices = list(self._flip_counts)
+        counts = _host_values([self._flip_counts[i] for i in indices])
+        return [
+            FlipStat(index=i, numel=params[i].numel(), flips=c, rate=c / params[i].numel())
+            for i, c in zip(indices, counts, strict=True)
+        ]
+
+
+class BSO(_BinaryOptimizer):
+    r"""Binary Spiking Online optimizer (Liang et al., ICML 2025).
+
+    For each binary weight tensor, with its gradient :math:`G`:
+
+    .. math::
+        M \leftarrow \beta M + (1-\beta) G, \qquad
+        W \leftarrow -W \text{ where } W \odot M > \gamma \text{ (strictly), else } W.
+
+    Args:
+        params: binary (±1) parameters or param-group dicts (e.g.
+            ``bso_snn.binary_parameters(model)``); anything else is refused.
+        gamma: flip threshold ``>= 0`` (paper: 5e-7; 1e-6 for DVS data).
+        beta: momentum decay in ``[0, 1)`` (paper: ``1 - 1e-3``).
+        reset_momentum: set the momentum of a flipped weight to 0 (off, as in the paper's T-BSO
+            and in Bop).
+        weight_decay: must be 0 (binary weights cannot decay); present to refuse it clearly.
+        foreach: use the multi-tensor implementation (default) or the single-tensor reference.
+        nonfinite: ``'skip'`` a parameter whose gradient has a NaN/inf (its weights and state are
+            kept; a warning names it) or ``'raise'`` ``FloatingPointError`` before updating.
+
+    ``flip_stats()`` gives the flips of the last step.
+    """
+
+    _name = "BSO"
+
+    def __init__(
+        self,
+        params: Iterable,
+        gamma: float = 5e-7,
+        beta: float = 1 - 1e-3,
+        *,
+        reset_momentum: bool = False,
+        weight_decay: float = 0.0,
+        foreach: bool = True,
+        nonfinite: str = "skip",
+    ) -> None:
+        defaults = dict(gamma=gamma, beta=beta, reset_momentum=reset_momentum, weight_decay=weight_decay)
+        super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        _check_number(
+            "beta", group["beta"], 0.0, 1.0, high_open=True, hint="it is the momentum decay (paper: 1-1e-3)"
+        )
+
+    def _update(self, group, params, grads, probes):
+        return F.bso(
+            params,
+            grads,
+            self._momenta(params),
+            gamma=float(group["gamma"]),
+            beta=float(group["beta"]),
+            reset_momentum=group["reset_momentum"],
+            foreach=self.foreach,
+        )
+
+
+class TBSO(_BinaryOptimizer):
+    r"""Temporal-aware BSO (Liang et al., ICML 2025).
+
+    As :class:`BSO` with :math:`\beta_1`, and a threshold per layer and time step:
+
+    .. math::
+        v[t] \leftarrow \beta_2 v[t] + (1-\beta_2)\,\mathrm{mean}(G^2), \qquad
+        W \leftarrow -W \text{ where } W \odot M > \gamma\sqrt{v[t] + \epsilon}.
+
+    ``v`` holds ``time_steps`` scalars per parameter tensor, on its device. Step number ``k``
+    uses ``t = k mod time_steps``: the index moves on by one after every ``step()``.
+    ``reset_time_step()`` rewinds it to 0 (``bso_snn.reset(model, optimizer)`` calls it at the
+    start of each sequence) and ``set_time_step(t)`` sets the index the next step uses. For one
+    update per sequence (gradients accumulated over all time steps) use ``time_steps=1``.
+
+    Args:
+        params: binary (±1) parameters or param-group dicts.
+        gamma: base flip threshold ``>= 0`` (paper: 5e-7).
+        betas: ``(beta1, beta2)``, momentum and second-moment decays in ``[0, 1)``
+            (paper: ``(1 - 1e-3, 1 - 1e-5)``).
+        eps: ``>= 0``, added to ``v[t]`` under the square root (paper: 1e-8).
+        time_steps: ``T``, the number of time steps per sequence (required).
+        reset_momentum, weight_decay, foreach, nonfinite: as in :class:`BSO`. A parameter is
+            skipped as non-finite when ``mean(G^2)`` is not finite (a NaN/inf gradient, or one
+            whose square overflows), so ``v`` never becomes NaN or inf.
+    """
+
+    _name = "TBSO"
+
+    def __init__(
+        self,
+        params: Iterable,
+        gamma: float = 5e-7,
+        betas: tuple[float, float] = (1 - 1e-3, 1 - 1e-5),
+        eps: float = 1e-8,
+        *,
+        time_steps: int,
+        reset_momentum: bool = False,
+        weight_decay: float = 0.0,
+        foreach: bool = True,
+        nonfinite: str = "skip",
+    ) -> None:
+        defaults = dict(
+            gamma=gamma,
+            betas=betas,
+            eps=eps,
+            time_steps=time_steps,
+            time_step=0,
+            reset_momentum=reset_momentum,
+            weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self.param_groups and "time_step" not in param_group:
+            param_group = {**param_group, "time_step": self.param_groups[0]["time_step"]}  # stay aligned
+        super().add_param_group(param_group)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas={betas!r} must be a pair (beta1, beta2) (paper: (1-1e-3, 1-1e-5))")
+        _check_number(
+            "betas[0]", betas[0], 0.0, 1.0, high_open=True, hint="it is the momentum decay (paper: 1-1e-3)"
+        )
+        _check_number(
+            "betas[1]", betas[1], 0.0, 1.0, high_open=True, hint="it is the decay of v (paper: 1-1e-5)"
+        )
+        _check_number("eps", group["eps"], 0.0, math.inf, high_open=True, hint="paper: 1e-8")
+        steps = group["time_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(
+                f"time_steps={steps!r} must be a positive int: the number of time steps T per sequence "
+                f"(use time_steps=1 when the optimizer steps once per sequence)"
+            )
+        t = group["time_step"]
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < steps:
+            raise ValueError(
+                f"time step {t!r} is out of range: it must be an int with 0 <= t < time_steps={steps}"
+            )
+
+    @property
+    def time_step(self) -> int:
+        """The time index the next ``step()`` uses."""
+        return self.param_groups[0]["time_step"]
+
+    def set_time_step(self, t: int) -> None:
+        """Make the next ``step()`` use time index ``t`` (``0 <= t < time_steps``) in every group."""
+        for group in self.param_groups:
+            steps = group["time_steps"]
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < steps:
+                raise ValueError(f"set_time_step({t!r}): t must be an int with 0 <= t < time_steps={steps}")
+        for group in self.param_groups:
+            group["time_step"] = t
+
+    def reset_time_step(self) -> None:
+        """Rewind the time index to 0 (start of a new sequence)."""
+        self.set_time_step(0)
+
+    def _second_moments(self, params: list[Tensor], group: dict[str, Any]) -> list[Tensor]:
+        moments = []
+        for p in params:
+            state = self.state[p]
+            if "v" not in state:
+                state["v"] = torch.zeros(group["time_steps"], dtype=F.second_moment_dtype(p), device=p.device)
+            v = state["v"]
+            if v.shape != (group["time_steps"],):
+                raise ValueError(
+                    f"TBSO: a parameter's v has {v.numel()} time steps but its group now has "
+                    f"time_steps={group['time_steps']}; time_steps cannot change after training started"
+                )
+            moments.append(v)
+        return moments
+
+    def _probe(self, params, grads):
+        """``mean(G^2)`` per gradient: finite exactly when ``v`` can be updated safely."""
+        return [F.mean_square(g, F.second_moment_dtype(p)) for p, g in zip(params, grads, strict=True)]
+
+    def _update(self, group, params, grads, probes):
+        beta1, beta2 = group["betas"]
+        return F.tbso(
+            params,
+            grads,
+            self._momenta(params),
+            self._second_moments(params, group),
+            time_step=group["time_step"],
+            gamma=float(group["gamma"]),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            mean_squares=probes,
+            reset_momentum=group["reset_momentum"],
+            foreach=self.foreach,
+        )
+
+    def _advance(self, group: dict[str, Any]) -> None:
+        group["time_step"] = (group["time_step"] + 1) % group["time_steps"]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, keeping ``v`` in its own dtype
+        (the base class would cast it to the parameter's dtype)."""
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            if "v" in saved:
+                p = params[index]
+                self.state[p]["v"] = saved["v"].to(device=p.device, dtype=F.second_moment_dtype(p), copy=True)
+
+
+def _kept(items: list, keep: list[bool]) -> list:
+    return [item for item, ok in zip(items, keep, strict=True) if ok]
+
+
+def _host_values(tensors: list[Tensor]) -> list:
+    """Python values of 0-dim tensors, with one host transfer per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    values: list = [None] * len(tensors)
+    for index in by_device.values():
+        for i, value in zip(index, torch.stack([tensors[i] for i in index]).tolist(), strict=True):
+            values[i] = value
+    return values
+
+
+def named_flip_stats(optimizer: Any, model: nn.Module) -> dict[str, FlipStat]:
+    """``optimizer.flip_stats()`` keyed by the parameters' names in ``model``."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return {names.get(id(params[s.index]), f"param{s.index}"): s for s in optimizer.flip_stats()}
