@@ -112,25 +112,37 @@ def _conv_padding(layer: _ConvNd) -> tuple[tuple[int, ...] | None, list[int]]:
 
 
 def traced_op(layer: nn.Module, x: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
-    """Apply ``layer``'s linear map to ``x`` with the weight gradient taken from ``trace``."""
+    """Apply ``layer``'s linear map to ``x`` with the weight gradient taken from ``trace``.
+
+    Under ``torch.autocast`` it computes in the autocast dtype, as a plain layer would (padding
+    first, in the input's dtype); autograd casts each gradient back to its tensor's own dtype.
+    """
+    padding = None
+    if not isinstance(layer, nn.Linear):
+        if x.dim() == len(layer.kernel_size) + 1:  # unbatched [C, *spatial], as torch's conv allows
+            return traced_op(layer, x.unsqueeze(0), trace.unsqueeze(0)).squeeze(0)
+        pre_pad, padding = _conv_padding(layer)
+        if pre_pad is not None:
+            mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+            x, trace = F.pad(x, pre_pad, mode=mode), F.pad(trace, pre_pad, mode=mode)
+    tensors = (x, trace, layer.weight, layer.bias)
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return _apply(layer, *tensors, padding)
+    dtype = torch.get_autocast_dtype(device_type)
+    cast = [t.to(dtype) if t is not None and t.dtype in _AUTOCAST_ELIGIBLE else t for t in tensors]
+    with torch.autocast(device_type, enabled=False):
+        return _apply(layer, *cast, padding)
+
+
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _apply(layer, x, trace, weight, bias, padding) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
-        return _TracedLinear.apply(x, trace, layer.weight, layer.bias)
-    if x.dim() == len(layer.kernel_size) + 1:  # unbatched [C, *spatial], as torch's conv allows
-        return traced_op(layer, x.unsqueeze(0), trace.unsqueeze(0)).squeeze(0)
-    pre_pad, padding = _conv_padding(layer)
-    if pre_pad is not None:
-        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-        x, trace = F.pad(x, pre_pad, mode=mode), F.pad(trace, pre_pad, mode=mode)
-    return _TracedConv.apply(
-        x,
-        trace,
-        layer.weight,
-        layer.bias,
-        list(layer.stride),
-        padding,
-        list(layer.dilation),
-        layer.groups,
-    )
+        return _TracedLinear.apply(x, trace, weight, bias)
+    stride, dilation = list(layer.stride), list(layer.dilation)
+    return _TracedConv.apply(x, trace, weight, bias, stride, padding, dilation, layer.groups)
 
 
 class BinaryLayerMixin:

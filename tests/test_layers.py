@@ -318,3 +318,31 @@ def test_binary_parameters_yields_shared_weights_once():
         binarize_layer(m)
     params = list(binary_parameters(model))
     assert len(params) == 2 and params[0] is shared.weight and params[1] is model[1].weight
+
+
+@pytest.mark.parametrize("case", ["linear", "conv2d", "conv2d_reflect"])
+def test_autocast_computes_like_a_plain_layer(case):
+    """Under torch.autocast the layer computes in bfloat16 as a plain one does; grads are float32."""
+    binary, plain = _pair(case)
+    binary.float(), plain.float()
+    x = _spikes(case).float()
+    g = _upstream(plain, x).float()
+    for t in range(T):
+        xt = x[t].clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = binary(xt)
+        assert out.dtype == torch.bfloat16
+        out.backward(g[t].to(out.dtype))
+        assert xt.grad.dtype == torch.float32 and binary.weight.grad.dtype == torch.float32
+        xp = x[t].clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_plain = plain(xp)
+        (gx,) = torch.autograd.grad(out_plain, xp, g[t].to(out.dtype))
+        assert torch.equal(out, out_plain) and torch.equal(xt.grad, gx)
+    plain.zero_grad()
+    trace = _hand_trace(x.double()).float()
+    for t in range(T):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_plain = plain(trace[t])
+        out_plain.backward(g[t].to(out_plain.dtype))
+    torch.testing.assert_close(binary.weight.grad, plain.weight.grad, rtol=0, atol=0)
