@@ -87,18 +87,17 @@ def _qualname(cls: type) -> str:
 
 def is_weight_layer(module: nn.Module) -> bool:
     """True when ``module`` is a weight layer as far as conversion is concerned: its exact
-    (original) class is registered or refused, or it subclasses a registered class. Never raises;
+    (original) class, or one of its parents, is registered or refused. Never raises;
     :func:`layer_handler` says whether it can actually be converted."""
-    cls = original_class(module)
-    return cls in _REFUSED or any(c in _LAYERS for c in cls.__mro__)
+    return any(c in _LAYERS or c in _REFUSED for c in original_class(module).__mro__)
 
 
 def layer_handler(module: nn.Module) -> LayerHandler | None:
     """The handler for ``module``'s exact class, ``None`` if it is not a weight layer we know.
 
     Raises:
-        TypeError: the class is refused, or it subclasses a registered layer class
-            without an entry of its own.
+        TypeError: the class is refused, or it subclasses a registered or refused layer
+            class without an entry of its own.
     """
     cls = original_class(module)
     if cls in _REFUSED:
@@ -109,7 +108,7 @@ def layer_handler(module: nn.Module) -> LayerHandler | None:
     if cls in _LAYERS:
         return _LAYERS[cls]
     for parent in cls.__mro__[1:]:
-        if parent in _LAYERS:
+        if parent in _LAYERS or parent in _REFUSED:
             raise TypeError(
                 f"{_qualname(cls)} subclasses {_qualname(parent)} but has no entry in the "
                 f"bso-snn layer registry, so it is not converted as its parent (its forward may "

@@ -109,3 +109,18 @@ def test_swapped_class_pickles_and_deepcopies():
     for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
         assert type(clone) is type(layer) and clone.bso_lam == 0.25
         assert clone.weight.equal(layer.weight) and clone.weight is not layer.weight
+
+
+def test_subclass_of_a_refused_class_is_refused_too():
+    class Odd(nn.Module):
+        pass
+
+    class OddChild(Odd):
+        pass
+
+    refuse_layer(Odd, "odd")
+    assert is_weight_layer(OddChild()) and is_weight_layer(Odd())
+    with pytest.raises(
+        TypeError, match=r"OddChild subclasses .*Odd but has no entry in the bso-snn layer registry"
+    ):
+        layer_handler(OddChild())
