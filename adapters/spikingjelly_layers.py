@@ -37,6 +37,12 @@ class TraceMemory(base.MemoryModule):
         # so switching a whole net to 'cupy' does not log a warning for this module.
         return ("torch", "cupy")
 
+    def detach(self) -> None:
+        """Detach the trace by rebinding it (it may be a view, which the in-place ``detach_`` of
+        ``MemoryModule.detach`` rejects). The trace never carries a graph anyway."""
+        if isinstance(self.trace, torch.Tensor):
+            self.trace = self.trace.detach()
+
     def forward(self, *args, **kwargs):
         raise RuntimeError("TraceMemory only stores a converted layer's trace; it is never called")
 
