@@ -115,11 +115,17 @@ class LIF(nn.Module):
                 f"LIF state has shape {tuple(self.v.shape)} but the input is {tuple(x.shape)}; call "
                 f"bso_snn.reset(model) before each new sequence/batch"
             )
-        u = self.decay * self.v + x
+        # u = decay * v + x in one op, and drop the old state before this step allocates more:
+        # no neuron-sized temporaries, so online training memory stays flat in T.
+        if isinstance(self.v, torch.Tensor):
+            u = torch.add(x, self.v, alpha=self.decay)
+        else:
+            u = x + self.decay * self.v
+        self.v = self.v_initial
         spike = atan_spike(u - self.v_threshold, self.alpha)
         s = spike.detach() if self.detach_reset else spike
         if self.v_reset is None:
-            self.v = u - self.v_threshold * s
+            self.v = torch.sub(u, s, alpha=self.v_threshold)
         else:
             self.v = u * (1.0 - s) + self.v_reset * s
         return spike
