@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bso_snn._classswap import swap_class
+from bso_snn._classswap import original_class, swap_class
 from bso_snn.online.state import clear_membrane_history, detach_state, tag_output
 from bso_snn.registry import NeuronSupport
 
@@ -53,10 +53,12 @@ def check_cupy_device(neuron: nn.Module, x_seq: torch.Tensor) -> None:
     """
     if not _uses_cupy(neuron) or x_seq.is_cuda:
         return
-    name = getattr(neuron, "bso_name", None) or type(neuron).__name__
+    cls = original_class(neuron).__name__
+    name = getattr(neuron, "bso_name", None)
+    label = cls if name is None else f"{name!r} ({cls})"
     where = "" if torch.cuda.is_available() else " (and this machine has no CUDA GPU)"
     raise RuntimeError(
-        f"SpikingJelly neuron {name!r} has backend='cupy', whose kernels run only on CUDA tensors, "
+        f"SpikingJelly neuron {label} has backend='cupy', whose kernels run only on CUDA tensors, "
         f"but its input is on {x_seq.device}{where}. bso-snn keeps each neuron's backend and never "
         f"falls back to another one: move the model and the data to a GPU (model.cuda(), x.cuda()), "
         f"or select the torch backend (functional.set_backend(model, 'torch') or backend='torch')."
