@@ -116,7 +116,8 @@ class ModelSummary:
             f"Size with 1-bit binary weights: {_size(self.bytes)}",
             f"Size in float32: {_size(self.float32_bytes)}",
             f"Compression: {self.compression:.2f}x",
-            f"Packed checkpoint (save_packed): {_size(self.packed_bytes)} ({packed})",
+            f"Packed checkpoint (save_packed): {_size(self.packed_bytes)}, "
+            f"{self.float32_bytes / max(self.packed_bytes, 1):.2f}x smaller than float32 ({packed})",
         ]
         return "\n".join([rule, line(header), rule, *map(line, body), rule, *totals])
 

@@ -80,10 +80,21 @@ def test_table_text():
     assert lines[4].split()[:4] == ["1", "Linear", "yes", f"{B * C + C}"]
     params = A * B + B + B * C + C + 2 * C + C * D + D
     assert f"Params: {params} ({B * C} binary = {100 * B * C / params:.2f} %)" in text
-    assert "Compression: " in text and "Packed checkpoint (save_packed): " in text
+    s = summary(small())
+    assert f"Compression: {s.float32_bits / s.bits:.2f}x" in text
+    assert (
+        f"Packed checkpoint (save_packed): {s.packed_bytes} B, {s.float32_bytes / s.packed_bytes:.2f}x smaller"
+        in text
+    )
     assert "(data only; the file adds < 1 kB per tensor)" in text
 
 
 def test_not_a_module():
     with pytest.raises(TypeError, match=r"summary expects an nn\.Module as model, got list"):
         summary([nn.Linear(2, 2)])
+
+
+def test_model_without_tensors():
+    s = summary(nn.ReLU())
+    assert s.rows == [] and s.params == 0 and s.bits == 0 and s.compression == 1.0 and s.binary_share == 0.0
+    assert "Params: 0 (0 binary = 0.00 %)" in str(s)
