@@ -263,3 +263,34 @@ def test_train_step_bad_arguments(kwargs, inputs, message):
         train_step(net, inputs, torch.zeros(3, dtype=torch.long), nn.functional.cross_entropy, None, **kwargs)
     with pytest.raises(ValueError, match=r"step_mode='q' must be 's' or 'm'"):
         set_step_mode(net, "q")
+
+
+def test_train_step_with_tbso_equals_hand_loop_and_flips_weights():
+    """Real-time loop with T-BSO (binary) + SGD (real): the helper and a hand loop give the same
+    flips and updates, T-BSO's time index starts at 0 every batch, weights stay exactly +-1."""
+    from bso_snn.optim import TBSO, HybridOptimizer, split_parameters
+
+    def optimizer_for(model):
+        binary, real = split_parameters(model)
+        return HybridOptimizer(TBSO(binary, gamma=1e-7, time_steps=4), torch.optim.SGD(real, lr=0.1))
+
+    net = mlp()
+    bso_snn.convert(net)
+    reference = copy.deepcopy(net)
+    opt, opt_ref = optimizer_for(net), optimizer_for(reference)
+    start = net[2].weight.detach().clone()
+    torch.manual_seed(9)
+    for _ in range(3):
+        x_seq, target = torch.rand(4, 8, 6) * 2, torch.randint(0, 3, (8,))
+        opt.optimizers[0].set_time_step(2)  # train_step must rewind it
+        train_step(net, x_seq, target, nn.functional.cross_entropy, opt)
+        assert opt.optimizers[0].time_step == 0  # 4 steps from 0 wrap around to 0
+        bso_snn.reset(reference, opt_ref)
+        for t in range(4):
+            opt_ref.zero_grad()
+            (nn.functional.cross_entropy(reference(x_seq[t]), target) / 4).backward()
+            opt_ref.step()
+        for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+            assert torch.equal(p, q)
+    assert set(net[2].weight.unique().tolist()) == {-1.0, 1.0}
+    assert (net[2].weight != start).any()  # some signs flipped

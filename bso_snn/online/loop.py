@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -25,6 +26,14 @@ from .reset import reset
 
 _UPDATES = ("realtime", "accumulated")
 _STEP_MODES = ("s", "m")
+
+
+class Optimizer(Protocol):
+    """What the loop needs: a ``torch.optim.Optimizer``, or ``bso_snn.optim.HybridOptimizer``."""
+
+    def step(self) -> object: ...
+
+    def zero_grad(self) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +59,7 @@ def _check(inputs: torch.Tensor, update: str | None, step_mode: str) -> None:
         raise ValueError(f"inputs must be a tensor [T, N, ...] (time first), got {shape}")
 
 
-def _start_sequence(model: nn.Module, optimizer) -> None:
+def _start_sequence(model: nn.Module, optimizer: Optimizer) -> None:
     """Reset the model, and the optimizer's time index if it has one (T-BSO)."""
     reset(model)
     rewind = getattr(optimizer, "reset_time_step", None)
@@ -69,7 +78,7 @@ def train_step(
     inputs: torch.Tensor,
     target: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     *,
     update: str = "realtime",
     step_mode: str = "s",
@@ -81,8 +90,8 @@ def train_step(
         inputs: ``[T, N, ...]``, time first.
         target: what ``loss_fn`` compares each step's output with.
         loss_fn: ``loss_fn(output_t, target) -> scalar``; each step's loss is divided by ``T``.
-        optimizer: any ``torch.optim.Optimizer`` (e.g. ``bso_snn.optim.TBSO`` or a
-            ``HybridOptimizer``). Its ``reset_time_step()`` is called at the start when it has
+        optimizer: a ``torch.optim.Optimizer`` (e.g. ``bso_snn.optim.TBSO``) or a
+            ``bso_snn.optim.HybridOptimizer``. Its ``reset_time_step()`` is called at the start when it has
             one (plain torch optimizers have none and are used as they are).
         update: ``'realtime'``: ``optimizer.step()`` after every time step's backward (the BSO
             paper's default); ``'accumulated'``: gradients of all ``T`` steps are summed and
