@@ -23,13 +23,15 @@ adapter sets ``bso_flat_steps = T`` (e.g. inside SpikingJelly's ``SeqToANNContai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ._classswap import swap_class
-from .sign import sign
+from .sign import is_binary_tensor, sign
 from .traces import accumulate_trace, trace_decay
 
 
@@ -172,6 +174,18 @@ class BinaryLayerMixin:
             return out.reshape(x_seq.shape[0], x_seq.shape[1], *out.shape[1:])
         return out
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Refuse a weight that is not ±1 (e.g. a float checkpoint loaded after conversion)."""
+        for name in self.bso_binary_parameters:
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and not is_binary_tensor(value):
+                raise RuntimeError(
+                    f"{prefix + name}: the state_dict holds values other than ±1 for the weight of a "
+                    f"binary {type(self).__name__}. Load float checkpoints before bso_snn.convert, or "
+                    f"pass the weight through bso_snn.sign first"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def reset_trace(self) -> None:
         """Forget the trace (start of a new sequence)."""
         self.bso_trace = None
@@ -257,7 +271,7 @@ def binarize_layer(module: nn.Module) -> None:
     module.bso_trace = None
 
 
-def binary_parameters(model: nn.Module):
+def binary_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Yield every binary (±1) parameter of ``model``'s converted layers, once each."""
     seen: set[int] = set()
     for module in model.modules():

@@ -346,3 +346,21 @@ def test_autocast_computes_like_a_plain_layer(case):
             out_plain = plain(trace[t])
         out_plain.backward(g[t].to(out_plain.dtype))
     torch.testing.assert_close(binary.weight.grad, plain.weight.grad, rtol=0, atol=0)
+
+
+def test_loading_a_float_weight_into_a_binary_layer_is_refused():
+    float_model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    model = copy.deepcopy(float_model)
+    binarize_layer(model[1])
+    before = model[1].weight.clone()
+    with pytest.raises(
+        RuntimeError, match=r"1\.weight: the state_dict holds values other than ±1 for the weight"
+    ):
+        model.load_state_dict(float_model.state_dict())
+    assert torch.equal(model[1].weight, before)
+    binary_state = {
+        k: (torch.where(v >= 0, 1.0, -1.0) if k == "1.weight" else v)
+        for k, v in float_model.state_dict().items()
+    }
+    model.load_state_dict(binary_state)
+    assert torch.equal(model[1].weight, binary_state["1.weight"])
