@@ -141,26 +141,37 @@ def test_flat_steps_layout_matches_reference(case):
     _assert_grads(binary, xs.grad.reshape(x.shape), _reference(plain, x, g))
 
 
-def test_linear_weight_gradient_by_hand():
+def _run(binary: nn.Module, x: torch.Tensor, g: torch.Tensor, step_mode: str) -> None:
+    """Backward through ``binary`` one step at a time ('s') or in one [T, N, *] call ('m')."""
+    binary.bso_step_mode = step_mode
+    if step_mode == "m":
+        binary(x).backward(g)
+        return
+    for t in range(T):
+        binary(x[t]).backward(g[t])
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_linear_weight_gradient_by_hand(step_mode):
     """dL/dW = sum_t g[t]^T a_hat[t] with the trace written out step by step."""
     binary, _ = _pair("linear")
     x = _spikes("linear")
     g = torch.randn(T, N, 3, dtype=torch.float64)
+    _run(binary, x, g, step_mode)
     trace, expected = torch.zeros(N, 5, dtype=torch.float64), torch.zeros(3, 5, dtype=torch.float64)
     for t in range(T):
-        binary(x[t]).backward(g[t])
         trace = LAM * trace + x[t]
         expected += g[t].T @ trace
     torch.testing.assert_close(binary.weight.grad, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(binary.bias.grad, g.sum((0, 1)), rtol=1e-12, atol=1e-12)
 
 
-def test_conv2d_weight_gradient_by_hand():
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_conv2d_weight_gradient_by_hand(step_mode):
     binary, _ = _pair("conv2d")
     x = _spikes("conv2d")
     g = torch.randn(T, N, 4, 6, 6, dtype=torch.float64)
-    for t in range(T):
-        binary(x[t]).backward(g[t])
+    _run(binary, x, g, step_mode)
     trace = _hand_trace(x)
     expected = sum(
         torch.nn.grad.conv2d_weight(trace[t], binary.weight.shape, g[t], padding=1) for t in range(T)
