@@ -23,17 +23,21 @@ from __future__ import annotations
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
+from bso_snn._classswap import original_class
 from bso_snn.layers import binarize_layer, is_binary_layer
 from bso_snn.registry import refuse_layer, register_layer, register_neuron
 
 from .spikingjelly_layers import (
     FlatStepsMixin,
+    PerStepMixin,
     ResettableBinaryMixin,
-    StepModeFlatStepsMixin,
+    StepModeStepsMixin,
     TraceMemory,
     VmapRefusedMixin,
     adapt_container,
+    contained,
     make_resettable,
+    outer_step_mode,
 )
 from .spikingjelly_neurons import OnlineMixin, check_cupy_device, memory_neuron_support
 from .spikingjelly_release import CLASSIC, RELEASE
@@ -82,8 +86,13 @@ def _register() -> None:
 
 
 def _container_glue() -> dict[type, type]:
-    glue = {layer.SeqToANNContainer: FlatStepsMixin, layer.StepModeContainer: StepModeFlatStepsMixin}
+    glue = {
+        layer.SeqToANNContainer: FlatStepsMixin,
+        layer.MultiStepContainer: PerStepMixin,
+        layer.StepModeContainer: StepModeStepsMixin,
+    }
     if not CLASSIC:
+        glue[layer.TLastMultiStepContainer] = PerStepMixin
         glue[layer.TLastSeqToANNContainer] = VmapRefusedMixin
     return glue
 
@@ -97,19 +106,23 @@ def after_convert(model: nn.Module) -> None:
 
     * each converted layer keeps its trace in a :class:`TraceMemory` child, so
       ``functional.reset_net`` and ``functional.detach_net`` handle it (``state_dict`` keys are
-      unchanged);
-    * ``SeqToANNContainer`` (and non-stateful multi-step ``StepModeContainer``) holding converted
-      layers tells them ``T`` on every call, since they see ``[T*N, *]``;
+      unchanged), and is a SpikingJelly ``StepModule``: a plain torch layer gets the step mode
+      its SpikingJelly neighbours share (``'s'`` inside containers), which
+      ``functional.set_step_mode`` changes later like any SpikingJelly layer's;
+    * ``SeqToANNContainer`` / ``MultiStepContainer`` / ``StepModeContainer`` holding converted
+      layers tell them, on every call, whether they see ``[T*N, *]`` or one step;
     * online neurons learn their qualified name (for error messages);
     * 2.0.0: the ``reset_net`` cache of ``model`` and of each of its submodules is invalidated.
     """
     modules = list(model.named_modules())
+    inside = contained(model, tuple(_CONTAINER_GLUE))
+    step_mode = outer_step_mode(model, inside)
     for name, module in modules:
-        if is_binary_layer(module):
-            make_resettable(module)
+        if is_binary_layer(module):  # SpikingJelly's containers require children in 's'
+            make_resettable(module, "s" if id(module) in inside else step_mode)
         elif isinstance(module, OnlineMixin):
             module.bso_name = name
-        glue = _CONTAINER_GLUE.get(getattr(type(module), "_bso_base", type(module)))
+        glue = _CONTAINER_GLUE.get(original_class(module))
         if glue is not None:
             adapt_container(module, glue)
     if not CLASSIC:

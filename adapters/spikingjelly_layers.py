@@ -1,8 +1,8 @@
-"""SpikingJelly glue for converted (sign-weight) layers: traces that ``reset_net`` clears, and the
-time-step count for layers that see ``[T*N, *]`` inside ``SeqToANNContainer``.
+"""SpikingJelly glue for converted (sign-weight) layers: traces that ``reset_net`` clears, a
+``step_mode`` that ``set_step_mode`` drives, and the input layout of layers inside containers.
 
 Imported through :mod:`bso_snn.adapters.spikingjelly`, which detects the release; nothing here
-depends on the release (``base.MemoryModule``, ``SeqToANNContainer`` and ``StepModeContainer``
+depends on the release (``base.MemoryModule``, ``base.StepModule`` and the containers used here
 behave alike in 0.0.0.0.14 and 2.0.0).
 """
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from bso_snn._classswap import original_class, swap_class, swapped_class
 from bso_snn.layers import BinaryLayerMixin, is_binary_layer
+from bso_snn.traces import find_membrane_history
 
 TRACE_CHILD = "bso_trace_memory"
 """Name of the child module that holds a converted layer's trace in a SpikingJelly model."""
@@ -47,10 +48,19 @@ class TraceMemory(base.MemoryModule):
         raise RuntimeError("TraceMemory only stores a converted layer's trace; it is never called")
 
 
-class ResettableBinaryMixin(BinaryLayerMixin):
-    """A converted layer whose trace lives in its :class:`TraceMemory` child (``bso_trace_memory``),
-    so SpikingJelly's ``functional.reset_net`` clears it. Everything else is
-    :class:`bso_snn.layers.BinaryLayerMixin`."""
+class ResettableBinaryMixin(BinaryLayerMixin, base.StepModule):
+    """A converted layer in a SpikingJelly model (the rest is :class:`bso_snn.layers.BinaryLayerMixin`).
+
+    * Its trace lives in its :class:`TraceMemory` child (``bso_trace_memory``), so
+      ``functional.reset_net`` clears it.
+    * It is a SpikingJelly ``StepModule``: a plain ``nn.Linear`` / ``nn.Conv*`` gets a
+      ``step_mode`` that ``functional.set_step_mode`` updates like any SpikingJelly layer
+      (``'m'``: input ``[T, N, *]``).
+    * While tracing, an input that comes straight from an online neuron must carry as many time
+      steps as the layer's step mode implies. A mismatch (e.g. a single-step layer fed a
+      multi-step neuron's ``[T, N, *]`` output, which would be traced as one step of batch
+      ``T*N``) raises an error instead of giving wrong gradients.
+    """
 
     @property
     def bso_trace(self) -> torch.Tensor | None:
@@ -60,19 +70,38 @@ class ResettableBinaryMixin(BinaryLayerMixin):
     def bso_trace(self, value: torch.Tensor | None) -> None:
         self._modules[TRACE_CHILD].trace = value
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bso_tracing and self.training and torch.is_grad_enabled() and self.bso_flat_steps is None:
+            self._bso_check_steps(x)
+        return super().forward(x)
 
-def make_resettable(layer: nn.Module) -> None:
-    """Move a converted layer's trace into a :class:`TraceMemory` child. Idempotent; layers
-    converted by another mixin than bso-snn's core one are left as they are."""
-    if (
-        isinstance(layer, ResettableBinaryMixin)
-        or getattr(type(layer), "_bso_mixin", None) is not BinaryLayerMixin
-    ):
+    def _bso_check_steps(self, x: torch.Tensor) -> None:
+        history = find_membrane_history(x)
+        if history is None:  # not straight from an online neuron: nothing to compare with
+            return
+        produced, mode = len(history.h_before), self._bso_step_mode()
+        expected = 1 if mode == "s" else x.shape[0]
+        if produced != expected:
+            raise RuntimeError(
+                f"{type(self).__name__} is in step_mode={mode!r} but its input {tuple(x.shape)} comes "
+                f"from a neuron that just ran {produced} time step(s), so its trace would be wrong. "
+                f"Give it the neuron's step mode: functional.set_step_mode(model, ...) after "
+                f"bso_snn.convert, or set layer.step_mode."
+            )
+
+
+def make_resettable(layer: nn.Module, step_mode: str) -> None:
+    """Turn a converted layer into a :class:`ResettableBinaryMixin` one: the trace moves into a
+    :class:`TraceMemory` child, and a layer without a SpikingJelly step mode gets ``step_mode``.
+    Idempotent; layers converted by another mixin than bso-snn's core one are left as they are."""
+    if getattr(type(layer), "_bso_mixin", None) is not BinaryLayerMixin:
         return
     trace = layer.__dict__.pop("bso_trace", None)
     layer.add_module(TRACE_CHILD, TraceMemory())
     # Replace (not stack) the generated class: (ResettableBinaryMixin, original class) pickles.
     layer.__class__ = swapped_class(ResettableBinaryMixin, original_class(layer))
+    if "_step_mode" not in layer.__dict__:
+        layer.step_mode = step_mode
     layer.bso_trace = trace
 
 
@@ -80,33 +109,49 @@ def _binary_descendants(container: nn.Module) -> list[nn.Module]:
     return [m for m in container.modules() if is_binary_layer(m)]
 
 
-class FlatStepsMixin:
-    """For ``SeqToANNContainer``: its children see ``[T*N, *]``; tell the converted layers among
-    them ``T`` (``bso_flat_steps``) for the duration of the call, so their traces run over time."""
+class StepsGlueMixin:
+    """For SpikingJelly's containers: while the container runs, tell each converted layer inside
+    it how its input is laid out (``bso_flat_steps``), whatever that layer's own ``step_mode``
+    says: ``T`` when the container folds ``[T, N, *]`` into ``[T*N, *]``, ``1`` when it calls its
+    children once per time step."""
 
-    def _bso_flattens(self) -> bool:
-        return True
+    def _bso_steps_per_call(self, x_seq: torch.Tensor) -> int:
+        raise NotImplementedError
 
     def forward(self, x_seq, *args, **kwargs):
-        if not self._bso_flattens():
-            return super().forward(x_seq, *args, **kwargs)
-        first = x_seq[0] if isinstance(x_seq, tuple) else x_seq
+        steps = self._bso_steps_per_call(x_seq[0] if isinstance(x_seq, tuple) else x_seq)
         layers = _binary_descendants(self)
+        previous = [layer.bso_flat_steps for layer in layers]  # restored after: containers may nest
         for layer in layers:
-            layer.bso_flat_steps = int(first.shape[0])
+            layer.bso_flat_steps = steps
         try:
             return super().forward(x_seq, *args, **kwargs)
         finally:
-            for layer in layers:
-                layer.bso_flat_steps = None
+            for layer, steps_before in zip(layers, previous, strict=True):
+                layer.bso_flat_steps = steps_before
 
 
-class StepModeFlatStepsMixin(FlatStepsMixin):
-    """For ``StepModeContainer``: it flattens ``[T, N, *]`` only in multi-step mode when not
-    stateful (stateful multi-step calls its children once per step, which needs nothing)."""
+class FlatStepsMixin(StepsGlueMixin):
+    """``SeqToANNContainer``: its children see ``[T*N, *]``."""
 
-    def _bso_flattens(self) -> bool:
-        return self.step_mode == "m" and not self.stateful
+    def _bso_steps_per_call(self, x_seq: torch.Tensor) -> int:
+        return int(x_seq.shape[0])
+
+
+class PerStepMixin(StepsGlueMixin):
+    """``MultiStepContainer`` / ``TLastMultiStepContainer``: its children see one step per call
+    (0.0.0.0.14's ``set_step_mode`` may still have given them ``step_mode='m'``)."""
+
+    def _bso_steps_per_call(self, x_seq: torch.Tensor) -> int:
+        return 1
+
+
+class StepModeStepsMixin(StepsGlueMixin):
+    """``StepModeContainer``: folds ``[T, N, *]`` in multi-step mode unless stateful; otherwise
+    its children see one step per call."""
+
+    def _bso_steps_per_call(self, x_seq: torch.Tensor) -> int:
+        return int(x_seq.shape[0]) if self.step_mode == "m" and not self.stateful else 1
 
 
 class VmapRefusedMixin:
@@ -127,6 +172,27 @@ class VmapRefusedMixin:
 
 
 def adapt_container(container: nn.Module, mixin: type) -> None:
-    """Give ``container`` the time-step glue ``mixin`` if it holds converted layers. Idempotent."""
+    """Give ``container`` the layout glue ``mixin`` if it holds converted layers. Idempotent."""
     if _binary_descendants(container):
         swap_class(container, mixin)
+
+
+def contained(model: nn.Module, containers: tuple[type, ...]) -> set[int]:
+    """``id`` of every module of ``model`` that sits inside one of ``containers``."""
+    inside: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, containers):
+            inside.update(id(m) for m in module.modules() if m is not module)
+    return inside
+
+
+def outer_step_mode(model: nn.Module, inside: set[int]) -> str:
+    """The step mode shared by ``model``'s SpikingJelly step modules outside containers
+    (``inside``), i.e. what a plain layer among them receives: ``'s'`` when there are none or
+    they disagree."""
+    modes = {
+        getattr(m, "step_mode", None)  # None on a StepModule without one (e.g. 2.0.0 containers)
+        for m in model.modules()
+        if id(m) not in inside and isinstance(m, base.StepModule)
+    }
+    return "m" if modes - {None} == {"m"} else "s"

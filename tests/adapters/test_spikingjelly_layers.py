@@ -137,15 +137,63 @@ def test_layers_inside_containers_trace_over_time(container):
     assert conv.bso_flat_steps is None  # only set during the container's call
 
 
-def test_classic_pitfall_no_step_mode_inside_seq_to_ann_container():
-    """0.0.0.0.14's set_step_mode also walks into SeqToANNContainer: a converted plain nn.Conv2d
-    there must not acquire a step_mode, or the container breaks."""
+@pytest.mark.parametrize("container", ["SeqToANNContainer", "MultiStepContainer"])
+def test_set_step_mode_after_conversion_does_not_break_containers(container):
+    """0.0.0.0.14's set_step_mode also walks into containers and would switch the layers there to
+    'm'; inside a container the layout comes from the container, whatever their step_mode."""
     torch.manual_seed(2)
-    net, conv = _container_net("SeqToANNContainer")
+    net, conv = _container_net(container)
     bso_snn.convert(net, lam=LAM, skip_first_last=False)
     functional.set_step_mode(net, "m")
-    assert not hasattr(conv, "step_mode")
-    assert net(_spikes(T, N, 2, 5, 5)).shape == (T, N, 3, 5, 5)
+    float_twin = copy.deepcopy(conv)
+    net.eval()
+    conv.train()
+    x_seq = _spikes(T, N, 2, 5, 5)
+    out = net(x_seq)
+    g = torch.randn_like(out)
+    out.backward(g)
+    bn = net[0][1]
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach().view(1, 1, -1, 1, 1)
+    torch.testing.assert_close(conv.weight.grad, _expected_weight_grad(float_twin, x_seq, g * scale))
+
+
+@pytest.mark.parametrize(
+    "set_before", [True, False], ids=["set_step_mode-then-convert", "convert-then-set_step_mode"]
+)
+def test_plain_layer_between_multi_step_neurons_follows_the_step_mode(set_before):
+    """A plain nn.Linear fed by a multi-step neuron gets [T, N, F]: it traces over T whether the
+    script sets the step mode before or after converting."""
+    from spikingjelly.activation_based import neuron
+
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(4, 6), neuron.IFNode(), nn.Linear(6, 3), neuron.IFNode(), nn.Linear(3, 2))
+    if set_before:
+        functional.set_step_mode(net, "m")
+    bso_snn.convert(net, lam=LAM)
+    if not set_before:
+        functional.set_step_mode(net, "m")
+    assert net[2].step_mode == "m"
+    x = torch.rand(T, N, 4) * 3
+    spikes = net[1](net[0](x)).detach()
+    functional.reset_net(net)
+    float_twin = copy.deepcopy(net[2])
+    out = net[:3](x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    torch.testing.assert_close(net[2].weight.grad, _expected_weight_grad(float_twin, spikes, g))
+
+
+def test_single_step_layer_fed_a_multi_step_neuron_raises():
+    from spikingjelly.activation_based import neuron
+
+    net = nn.Sequential(nn.Linear(4, 6), neuron.IFNode(), nn.Linear(6, 3), neuron.IFNode(), nn.Linear(3, 2))
+    functional.set_step_mode(net, "m")
+    bso_snn.convert(net, lam=LAM)
+    net[2].step_mode = "s"
+    with pytest.raises(
+        RuntimeError, match=r"step_mode='s' but its input \(4, 2, 6\) comes from a neuron that just ran 4"
+    ):
+        net(torch.rand(T, N, 4))
 
 
 @pytest.mark.skipif(sja.CLASSIC, reason="TLastSeqToANNContainer exists only in SpikingJelly 2.0.0")
