@@ -25,12 +25,15 @@ from typing import Union
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .sign import sign
 
 Decay = Union[float, torch.Tensor]  # noqa: UP007 (runtime alias, py3.10+)
 Membrane = Union[torch.Tensor, float]  # noqa: UP007 (runtime alias, py3.10+)
-TAG_ATTR = "_bso_ndot_history"  # on a neuron's output tensor: its MembraneHistory
+# A neuron output tensor -> its MembraneHistory. Keyed weakly by tensor identity, so the entry
+# lives exactly as long as the tensor, and saving or copying a tensor never carries it along.
+HISTORIES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 RECORDING_ATTR = "_bso_ndot_recording"  # on a neuron: True once an NDOT layer reads it
 PREVIOUS_ATTR = "_bso_ndot_h_prev"  # on a recording neuron: its membrane at the start of its previous step
 
@@ -61,14 +64,25 @@ class MembraneHistory:
 
 def find_membrane_history(x: torch.Tensor) -> MembraneHistory | None:
     """The membrane history of the neuron that produced ``x``, if ``x`` is that neuron's output
-    or a view of it with the same number of elements (Flatten, reshape); else ``None``."""
-    history = getattr(x, TAG_ATTR, None)
+    or a reshaping view of it (Flatten, reshape; not a slice or a transpose); else ``None``."""
+    history = HISTORIES.get(x)
     if history is not None:
         return history
     base = x._base
-    if base is not None and base.numel() == x.numel():
-        return getattr(base, TAG_ATTR, None)
+    if base is not None and _is_reshape_of(x, base):
+        return HISTORIES.get(base)
     return None
+
+
+def _is_reshape_of(x: torch.Tensor, base: torch.Tensor) -> bool:
+    """True if ``x`` has the elements of ``base`` in the same order (a view by reshape/flatten,
+    not a slice, transpose or permutation)."""
+    return (
+        x.numel() == base.numel()
+        and x.storage_offset() == base.storage_offset()
+        and x.is_contiguous()
+        and base.is_contiguous()
+    )
 
 
 def accumulate_trace(previous: torch.Tensor | None, x_seq: torch.Tensor, decay: Decay) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """NDOT traces: the decay rule, the per-step gradient against a hand loop, and where NDOT must refuse."""
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -163,3 +165,28 @@ def test_neurons_remember_membranes_only_for_ndot(trace, recording):
     remembered = getattr(model[1], "_bso_ndot_h_prev", None)
     assert isinstance(remembered, torch.Tensor) == recording
     assert getattr(model[4], "_bso_ndot_h_prev", None) is None  # feeds a float layer: never read
+
+
+def test_transposed_or_sliced_views_are_not_the_neuron_output():
+    model = nn.Sequential(nn.Linear(6, 4), LIF(), nn.Linear(4, 4), LIF(), nn.Linear(4, 3))
+    bso_snn.convert(model, trace="ndot")
+    x = torch.randn(4, 6)
+    spikes = model[1](model[0](x))
+    from bso_snn.traces import find_membrane_history
+
+    assert find_membrane_history(spikes) is not None
+    assert find_membrane_history(spikes.reshape(2, 8)) is not None
+    assert find_membrane_history(spikes.t()) is None  # same elements, another order
+    assert find_membrane_history(spikes[:2]) is None
+
+
+def test_spike_tensors_save_and_copy_without_history():
+    model = net()
+    spikes = model[1](model[0](torch.randn(4, 6)))
+    buffer = io.BytesIO()
+    torch.save(spikes, buffer)
+    buffer.seek(0)
+    from bso_snn.traces import find_membrane_history
+
+    loaded = torch.load(buffer)  # weights_only=True, the default
+    assert torch.equal(loaded, spikes) and find_membrane_history(loaded) is None

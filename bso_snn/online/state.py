@@ -12,9 +12,10 @@ An online neuron does two extra things per time step, without changing its numer
    attaches references to it (no copy, no arithmetic) to the output spike tensor, and a layer
    reads them back (``bso_snn.traces.find_membrane_history``) only if its input *is* that
    tensor or a reshaping view of it. Anything in between (MaxPool, Dropout, a residual add,
-   the network input) leaves no tag, so NDOT is never applied to the wrong neuron. Tags live
-   on the tensor, not the module (the neuron is referenced weakly): no graph is kept alive
-   beyond the tensor's own lifetime, and modules stay deep-copyable and picklable. A neuron
+   the network input) leaves no tag, so NDOT is never applied to the wrong neuron. Tags are
+   keyed weakly by the tensor, not stored on the module (which is referenced weakly): no graph
+   is kept alive beyond the tensor's own lifetime, modules stay deep-copyable and picklable,
+   and a saved or copied spike tensor carries no tag. A neuron
    keeps :math:`h[t-2]` across calls only after an NDOT layer has read its output, so OTTT
    training carries no extra state.
 
@@ -32,7 +33,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..traces import PREVIOUS_ATTR, RECORDING_ATTR, TAG_ATTR, Membrane, MembraneHistory
+from ..traces import HISTORIES, PREVIOUS_ATTR, RECORDING_ATTR, Membrane, MembraneHistory
 
 
 def detach_state(module: nn.Module, names: Iterable[str]) -> None:
@@ -66,7 +67,7 @@ def tag_output(neuron: nn.Module, out: torch.Tensor, h_before: Sequence[Membrane
     earlier = getattr(neuron, PREVIOUS_ATTR, None) if recording else None
     if recording:
         setattr(neuron, PREVIOUS_ATTR, h_before[-1])
-    setattr(out, TAG_ATTR, MembraneHistory(tuple(h_before), earlier, weakref.ref(neuron)))
+    HISTORIES[out] = MembraneHistory(tuple(h_before), earlier, weakref.ref(neuron))
     return out
 
 
