@@ -200,9 +200,12 @@ def residual_net():
     )
 
 
-def test_residual_network_trains_with_per_step_backward():
+@pytest.mark.parametrize("trace", ["ottt", "ndot"])
+def test_residual_network_trains_with_per_step_backward(trace):
+    """Every binary conv of the blocks reads a neuron's output directly (the add feeds a neuron),
+    so NDOT works here too."""
     net = residual_net()
-    report = bso_snn.convert(net)
+    report = bso_snn.convert(net, trace=trace)
     assert len(report.converted) == 4
     before = net[2].conv1.weight.detach().clone()
     torch.manual_seed(8)
@@ -294,3 +297,16 @@ def test_train_step_with_tbso_equals_hand_loop_and_flips_weights():
             assert torch.equal(p, q)
     assert set(net[2].weight.unique().tolist()) == {-1.0, 1.0}
     assert (net[2].weight != start).any()  # some signs flipped
+
+
+def test_evaluate_is_the_time_averaged_output_without_tracing():
+    net = mlp()
+    bso_snn.convert(net)
+    torch.manual_seed(10)
+    x_seq = torch.rand(5, 3, 6) * 2
+    scores = evaluate(net, x_seq)
+    assert not scores.requires_grad and net[2].bso_trace is None  # no tracing under no_grad
+    bso_snn.reset(net)
+    with torch.no_grad():
+        expected = sum(net(x) for x in x_seq) / 5
+    torch.testing.assert_close(scores, expected)
