@@ -101,11 +101,17 @@ def test_multi_tensor_matches_single_tensor_reference_bit_for_bit(kind, reset_mo
 
 
 @pytest.mark.parametrize("reset_momentum", [False, True])
-def test_functional_flip_paths_agree_bit_for_bit(reset_momentum):
+@pytest.mark.parametrize("workspace", [F.WORKSPACE_NUMEL, 7])
+def test_functional_flip_paths_agree_bit_for_bit(reset_momentum, workspace, monkeypatch):
+    # workspace=7 splits tensors into pieces and batches across tensors; the last (transposed,
+    # non-contiguous) tensor is larger than the workspace and is processed whole.
+    monkeypatch.setattr(F, "WORKSPACE_NUMEL", workspace)
     gen = torch.Generator().manual_seed(3)
     ws = [binary_param(s, gen).detach() for s in SHAPES]
     gs = [torch.randn(s, generator=gen) for s in SHAPES]
     ms = [torch.randn(s, generator=gen) for s in SHAPES]
+    ws[-1], gs[-1], ms[-1] = ws[-1].t(), gs[-1].t(), ms[-1].t()
+    assert not ws[-1].is_contiguous()
     thresholds = [0.0, 0.5, torch.tensor(0.1), 1.0, torch.tensor(0.0), 0.2]
     w2, m2 = copy.deepcopy(ws), copy.deepcopy(ms)
     counts_fast = F.flip_(ws, gs, ms, thresholds, beta=0.5, reset_momentum=reset_momentum, foreach=True)

@@ -74,6 +74,42 @@ def _single_tensor_flip(
     return counts
 
 
+WORKSPACE_NUMEL = 1 << 20
+"""Elements of the scratch buffer the multi-tensor flip reuses for ``W*M`` (4 MB in float32).
+
+Large tensors are processed in pieces of at most this size, so no full-size temporary is
+allocated (on CPU, fresh allocations of that size cost more than the arithmetic) and each
+piece is still in cache when its flip mask is applied."""
+
+
+def _pieces(w: Tensor, m: Tensor, owner: int) -> list[tuple[int, Tensor, Tensor]]:
+    """``(owner, w_piece, m_piece)``: flat views of at most WORKSPACE_NUMEL elements, or the
+    whole tensors when they are not both contiguous."""
+    if not (w.is_contiguous() and m.is_contiguous()):
+        return [(owner, w, m)]
+    w_pieces, m_pieces = w.view(-1).split(WORKSPACE_NUMEL), m.view(-1).split(WORKSPACE_NUMEL)
+    return [(owner, wp, mp) for wp, mp in zip(w_pieces, m_pieces, strict=True)]
+
+
+def _count(flip: Tensor) -> Tensor:
+    """The number of ones in a 0/1 float tensor: its float sum, exact below 2**24 elements."""
+    return flip.sum() if flip.numel() <= 1 << 24 else flip.sum(dtype=torch.float64)
+
+
+def _batches(pieces: list[tuple[int, Tensor, Tensor]]) -> list[list[tuple[int, Tensor, Tensor]]]:
+    """Consecutive pieces grouped so that each batch fits the workspace (an oversized
+    non-contiguous tensor gets a batch of its own)."""
+    batches: list[list[tuple[int, Tensor, Tensor]]] = [[]]
+    size = 0
+    for piece in pieces:
+        if batches[-1] and size + piece[1].numel() > WORKSPACE_NUMEL:
+            batches.append([])
+            size = 0
+        batches[-1].append(piece)
+        size += piece[1].numel()
+    return batches
+
+
 def _multi_tensor_flip(
     params: list[Tensor],
     grads: list[Tensor],
@@ -84,17 +120,30 @@ def _multi_tensor_flip(
 ) -> list[Tensor]:
     counts: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
     for index in _group_by_device_and_dtype(params):
-        ws = [params[i] for i in index]
         ms = [momenta[i] for i in index]
         torch._foreach_lerp_(ms, [grads[i] for i in index], 1 - beta)
-        flips = torch._foreach_mul(ws, ms)  # W*M, exact since |W| = 1
-        for flip, i in zip(flips, index, strict=True):
-            flip.gt_(thresholds[i])  # in place: 1.0 where W*M > threshold, else 0.0
-        torch._foreach_addcmul_(ws, ws, flips, value=-2.0)  # W - 2W*flip: exactly -W or W
-        if reset_momentum:
-            torch._foreach_addcmul_(ms, ms, flips, value=-1.0)  # M - M*flip: exactly 0 or M
-        for flip, i in zip(flips, index, strict=True):
-            counts[i] = torch.count_nonzero(flip)
+        first = params[index[0]]
+        pieces = [piece for i in index for piece in _pieces(params[i], momenta[i], i)]
+        batches = _batches(pieces)
+        largest = max(sum(piece[1].numel() for piece in batch) for batch in batches)
+        workspace = torch.empty(largest, dtype=first.dtype, device=first.device)
+        owners, flip_sums = [], []
+        for batch in batches:
+            owner, ws, ms_ = (list(x) for x in zip(*batch, strict=True))
+            sizes = [w.numel() for w in ws]
+            flips = [f.view(w.shape) for f, w in zip(workspace[: sum(sizes)].split(sizes), ws, strict=True)]
+            for w, m, flip, i in zip(ws, ms_, flips, owner, strict=True):
+                torch.mul(w, m, out=flip).gt_(thresholds[i])  # 1.0 where W*M > threshold, else 0.0
+            torch._foreach_addcmul_(ws, ws, flips, value=-2.0)  # W - 2W*flip: exactly -W or W
+            if reset_momentum:
+                torch._foreach_addcmul_(ms_, ms_, flips, value=-1.0)  # M - M*flip: exactly 0 or M
+            owners += owner
+            flip_sums += [_count(flip) for flip in flips]
+        totals = torch.zeros(len(params), dtype=torch.float64, device=first.device)
+        sums = torch.stack([f.to(torch.float64) for f in flip_sums])
+        totals.index_add_(0, torch.tensor(owners, device=first.device), sums)
+        for i in index:
+            counts[i] = totals[i].to(torch.int64)
     return counts
 
 

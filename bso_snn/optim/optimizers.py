@@ -183,9 +183,10 @@ class _BinaryOptimizer(torch.optim.Optimizer):
         return loss
 
     def _probe(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """Per gradient, a small tensor that is finite exactly when its update is safe to apply:
-        ``(min, max)`` of the gradient (one pass, no full-size temporary)."""
-        return [torch.stack(torch.aminmax(g)) for g in grads]
+        """Per gradient, a 0-dim tensor that is not finite when the gradient holds a NaN or inf:
+        its sum (one cheap pass, no temporary). A finite gradient whose sum overflows (elements
+        near the dtype's maximum) is also treated as non-finite."""
+        return [g.sum() for g in grads]
 
     def _momenta(self, params: list[Tensor]) -> list[Tensor]:
         momenta = []
