@@ -46,6 +46,7 @@ class NeuronSupport:
 _LAYERS: dict[type, LayerHandler] = {}
 _NEURONS: dict[type, NeuronSupport] = {}
 _REFUSED: dict[type, str] = {}
+_REFUSED_NEURONS: dict[type, str] = {}
 
 
 def register_layer(cls: type, handler: LayerHandler) -> None:
@@ -64,7 +65,19 @@ def register_neuron(cls: type, support: NeuronSupport) -> None:
         raise TypeError(
             f"register_neuron: support must be a bso_snn.registry.NeuronSupport, got {type(support).__name__}"
         )
+    _REFUSED_NEURONS.pop(cls, None)
     _NEURONS[cls] = support
+
+
+def refuse_neuron(cls: type, reason: str) -> None:
+    """Declare that neurons of exact type ``cls`` (and its unregistered subclasses) are not
+    supported, and why: :func:`neuron_support` then raises, so ``convert`` fails before changing
+    anything."""
+    _check_module_class(cls)
+    if not isinstance(reason, str) or not reason:
+        raise TypeError(f"refuse_neuron: reason must be a non-empty string saying why, got {reason!r}")
+    _NEURONS.pop(cls, None)
+    _REFUSED_NEURONS[cls] = reason
 
 
 def refuse_layer(cls: type, reason: str) -> None:
@@ -124,13 +137,20 @@ def neuron_support(module: nn.Module) -> NeuronSupport | None:
     """The registered support for ``module``'s exact (original) class, ``None`` if unknown.
 
     Raises:
-        TypeError: the class subclasses a registered neuron class without an entry of its own.
+        TypeError: the class is refused (:func:`refuse_neuron`), or it subclasses a registered
+            or refused neuron class without an entry of its own.
     """
     cls = original_class(module)
+    if cls in _REFUSED_NEURONS:
+        raise TypeError(
+            f"{_qualname(cls)} is not supported by bso-snn: {_REFUSED_NEURONS[cls]}. Register a "
+            f"bso_snn.registry.NeuronSupport for it with bso_snn.register_neuron, or pass "
+            f"convert(..., online=False, lam=...) and drive its state yourself."
+        )
     if cls in _NEURONS:
         return _NEURONS[cls]
     for parent in cls.__mro__[1:]:
-        if parent in _NEURONS:
+        if parent in _NEURONS or parent in _REFUSED_NEURONS:
             raise TypeError(
                 f"{_qualname(cls)} subclasses the neuron {_qualname(parent)} but has no entry in "
                 f"the bso-snn neuron registry, so bso-snn cannot tell how to detach or reset its "
