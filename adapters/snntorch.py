@@ -5,10 +5,11 @@ contains a module from the ``snntorch`` package. Importing it registers:
 
 * ``Leaky``, ``Synaptic``, ``RLeaky``, ``RSynaptic``: full support (online mode in both state
   styles, every reset mechanism, ``lam`` inference, per-instance reset).
-* every other subclass of ``snntorch.SpikingNeuron`` (``Alpha``, ``Lapicque``, ``StateLeaky``,
-  ``SLSTM``, ...): refused. The base class is registered, so :func:`bso_snn.registry.neuron_support`
-  raises a ``TypeError`` for any subclass without its own entry, before ``convert`` changes anything.
-* ``LeakyParallel`` (not a ``SpikingNeuron``; an ``nn.RNN`` over the whole sequence): refused.
+* every other snnTorch neuron (``Alpha``, ``Lapicque``, ``SLSTM``, ``StateLeaky``, ``LeakyParallel``,
+  ...) and the base classes ``SpikingNeuron`` / ``LIF``: refused with a reason
+  (:func:`bso_snn.registry.refuse_neuron`), so :func:`bso_snn.registry.neuron_support` raises a
+  ``TypeError`` for them and for any subclass without an entry of its own, before ``convert``
+  changes anything.
 
 **Online mode.** A neuron's class is swapped in place to ``(OnlineMixin, cls)``. Before every call
 the mixin replaces the neuron's own state buffers (``mem``, ``syn``, ``spk``) and every state tensor
@@ -37,12 +38,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import snntorch
 import torch
-from snntorch import Leaky, LeakyParallel, RLeaky, RSynaptic, SpikingNeuron, Synaptic
+from snntorch import Leaky, RLeaky, RSynaptic, Synaptic
 from torch import nn
 
 from bso_snn._classswap import original_class, swap_class
-from bso_snn.registry import NeuronSupport, register_neuron
+from bso_snn.registry import NeuronSupport, refuse_neuron, register_neuron
 
 __all__ = ["OnlineMixin", "STATE_BUFFERS", "keep_recurrent_float", "recurrent_layers"]
 
@@ -140,36 +142,31 @@ def reset_state(module: nn.Module) -> None:
         setattr(module, name, torch.zeros(0, dtype=old.dtype, device=old.device))
 
 
-def _refuse(cls_name: str, reason: str) -> Callable[[nn.Module], None]:
-    def refuse(module: nn.Module) -> None:
-        raise TypeError(
-            f"bso-snn does not support snntorch.{cls_name}: {reason}. Use Leaky, Synaptic, RLeaky "
-            f"or RSynaptic, or register a bso_snn.registry.NeuronSupport for it."
-        )
-
-    return refuse
-
-
-def _no_state(module: nn.Module) -> None:
-    """``LeakyParallel`` keeps no state between calls: nothing to reset."""
-
-
-_BASE_REASON = "SpikingNeuron is snnTorch's abstract base class, not a neuron"
-_PARALLEL_REASON = (
-    "LeakyParallel runs an nn.RNN over the whole sequence in one call, so there is no per-step "
-    "state to cut and no online (per-step) gradient"
-)
+_WHOLE_SEQUENCE = "it processes the whole sequence [T, ...] in one call, so there is no per-step state to cut"
+_REFUSED = {
+    "SpikingNeuron": "it is snnTorch's neuron base class; Leaky, Synaptic, RLeaky and RSynaptic are supported",
+    "LIF": "it is snnTorch's LIF base class; Leaky, Synaptic, RLeaky and RSynaptic are supported",
+    "Alpha": "its excitatory and inhibitory synaptic currents are not modelled by bso-snn's traces yet",
+    "Lapicque": "not supported yet (Leaky is)",
+    "DeltaLeaky": "its delta coding keeps the previous membrane (mem_prev), not supported yet",
+    "SLSTM": "its LSTM gates carry state through learned weights, which one presynaptic trace cannot account for",
+    "SConv2dLSTM": "its LSTM gates carry state through learned weights, which one presynaptic trace cannot account for",
+    "StateLeaky": _WHOLE_SEQUENCE,
+    "LinearLeaky": _WHOLE_SEQUENCE,
+    "AssociativeLeaky": _WHOLE_SEQUENCE,
+    "LeakyParallel": _WHOLE_SEQUENCE + " (an nn.RNN)",
+}
+"""snnTorch classes refused, and why. Subclasses of these (and of the supported classes) without an
+entry of their own are refused by the registry too."""
 
 for _cls in (Leaky, RLeaky):
     register_neuron(_cls, NeuronSupport(make_online, is_online, leaky_decay, reset_state))
 for _cls in (Synaptic, RSynaptic):
     register_neuron(_cls, NeuronSupport(make_online, is_online, synaptic_decay, reset_state))
-# Any other SpikingNeuron subclass (Alpha, Lapicque, StateLeaky, SLSTM, DeltaLeaky, user classes)
-# has no entry of its own, so the registry raises a TypeError for it before convert changes anything.
-_refuse_base = _refuse("SpikingNeuron", _BASE_REASON)
-register_neuron(SpikingNeuron, NeuronSupport(_refuse_base, is_online, _refuse_base, _refuse_base))
-_refuse_parallel = _refuse("LeakyParallel", _PARALLEL_REASON)
-register_neuron(LeakyParallel, NeuronSupport(_refuse_parallel, is_online, _refuse_parallel, _no_state))
+for _name, _reason in _REFUSED.items():
+    _cls = getattr(snntorch, _name, None)  # StateLeaky, LinearLeaky, DeltaLeaky, AssociativeLeaky: 1.0.0 only
+    if _cls is not None:
+        refuse_neuron(_cls, _reason)
 
 
 def recurrent_layers(model: nn.Module) -> list[nn.Module]:

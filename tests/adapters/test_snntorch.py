@@ -154,33 +154,42 @@ class _MyNeuron(snn.SpikingNeuron):
         return self.fire(x)
 
 
+SUBCLASS = r"subclasses the neuron .* Register it with"
 REFUSED = [
-    ("Alpha", lambda: snn.Alpha(alpha=0.9, beta=0.8)),
-    ("Lapicque", lambda: snn.Lapicque(beta=0.9)),
-    ("SLSTM", lambda: snn.SLSTM(4, 4)),
-    ("_MyLeaky", lambda: _MyLeaky(beta=0.5)),
-    ("_MyNeuron", lambda: _MyNeuron()),
+    ("Alpha", lambda: snn.Alpha(alpha=0.9, beta=0.8), r"Alpha is not supported by bso-snn: its excitatory"),
+    ("Lapicque", lambda: snn.Lapicque(beta=0.9), r"Lapicque is not supported by bso-snn: not supported yet"),
+    ("SLSTM", lambda: snn.SLSTM(4, 4), r"SLSTM is not supported by bso-snn: its LSTM gates"),
+    ("LeakyParallel", lambda: snn.LeakyParallel(4, 4), r"LeakyParallel is not supported .* \(an nn.RNN\)"),
+    (
+        "StateLeaky",
+        lambda: snn.StateLeaky(beta=0.9, channels=4),
+        r"StateLeaky is not supported .* whole sequence",
+    ),
+    ("DeltaLeaky", lambda: snn.DeltaLeaky(beta=0.9), r"DeltaLeaky is not supported by bso-snn: its delta"),
+    ("_MyLeaky", lambda: _MyLeaky(beta=0.5), SUBCLASS),  # a user subclass of a supported neuron
+    ("_MyNeuron", lambda: _MyNeuron(), SUBCLASS),  # a user subclass of the refused base class
 ]
-REFUSED += [(name, lambda n=name: getattr(snn, n)(beta=0.9, channels=4)) for name in ("StateLeaky",)]
-REFUSED += [(name, lambda n=name: getattr(snn, n)(beta=0.9)) for name in ("DeltaLeaky",)]
-REFUSED = [(n, f) for n, f in REFUSED if n.startswith("_") or hasattr(snn, n)]  # 0.9.4 lacks some
+REFUSED = [case for case in REFUSED if case[0].startswith("_") or hasattr(snn, case[0])]  # 0.9.4 lacks some
 
 
-@pytest.mark.parametrize(("name", "factory"), REFUSED, ids=[n for n, _ in REFUSED])
+@pytest.mark.parametrize(("name", "factory", "message"), REFUSED, ids=[case[0] for case in REFUSED])
 @pytest.mark.parametrize("lam", [None, 0.5])
-def test_unsupported_neurons_are_refused_before_anything_changes(name, factory, lam):
+def test_unsupported_neurons_are_refused_before_anything_changes(name, factory, message, lam):
     model = nn.Sequential(nn.Linear(4, 4), factory(), nn.Linear(4, 4), nn.Linear(4, 4))
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(TypeError, match=rf"{name} subclasses the neuron .* Register it with"):
+    with pytest.raises(TypeError, match=message):
         bso_snn.convert(model, lam=lam)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(bso_snn.is_binary_layer(m) for m in model.modules())
 
 
-def test_leaky_parallel_is_refused_with_its_reason():
-    model = nn.Sequential(nn.Linear(4, 4), snn.LeakyParallel(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
-    with pytest.raises(TypeError, match=r"LeakyParallel runs an nn.RNN over the whole sequence"):
-        bso_snn.convert(model)
+def test_ndot_is_not_available_for_snntorch_neurons_and_says_so():
+    model = nn.Sequential(
+        nn.Linear(4, 4), snn.Leaky(beta=0.5, init_hidden=True), nn.Linear(4, 4), nn.Linear(4, 2)
+    )
+    bso_snn.convert(model, trace="ndot")
+    with pytest.raises(RuntimeError, match=r"trace='ndot'.*NDOT needs the presynaptic neuron's membrane"):
+        model(torch.rand(N, 4))
 
 
 def _nested_model(beta: float = 0.5) -> nn.Module:
