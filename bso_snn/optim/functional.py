@@ -21,7 +21,8 @@ Rounding, defined once and shared by both implementations: the momentum update i
 ``mean(G^2)`` is :func:`mean_square`. Each function has a plain single-tensor reference
 (``foreach=False``) and a multi-tensor implementation on ``torch._foreach_*`` ops, grouped by
 device and dtype (``foreach=True``, the default), which agree bit for bit (tested).
-Reductions (``mean(G^2)``, flip counts) are per tensor in both, so they agree on every device.
+``mean(G^2)`` is reduced per tensor by the same call in both, so it agrees on every device;
+flip counts are exact integers in both.
 """
 
 from __future__ import annotations
