@@ -165,3 +165,25 @@ def test_tutorial_class_with_time_loop_inside_forward_trains_with_accumulated_tb
             optimizer.step()
     acc = accuracy(model, test, per_step=False)
     assert acc >= 0.85, acc
+
+
+def test_train_step_drives_an_snntorch_model_with_a_linear_readout(digits):
+    """``bso_snn.online.train_step`` needs one tensor per step: end with a Linear readout (or a
+    Leaky without ``output=True``), not with a neuron returning ``(spk, mem)``."""
+    from bso_snn.online import train_step
+
+    train, test = digits
+    torch.manual_seed(0)
+    model = nn.Sequential(*list(mlp())[:-1])  # ... Linear(128, 10): membrane-free readout
+    bso_snn.convert(model)
+    optimizer = hybrid(model)
+    for _ in range(3):
+        for images, labels in DataLoader(train, batch_size=BATCH, shuffle=True):
+            train_step(model, images.expand(T, *images.shape), labels, F.cross_entropy, optimizer)
+    images, labels = test.tensors
+    model.eval()
+    with torch.no_grad():
+        bso_snn.reset(model)
+        scores = sum(model(images) for _ in range(T))
+    acc = (scores.argmax(1) == labels).float().mean().item()
+    assert acc >= 0.85, acc
