@@ -44,6 +44,7 @@ from snntorch import Leaky, RLeaky, RSynaptic, Synaptic
 from torch import nn
 
 from bso_snn._classswap import original_class, swap_class
+from bso_snn.online.state import detach_state
 from bso_snn.registry import NeuronSupport, refuse_neuron, register_neuron
 
 __all__ = ["OnlineMixin", "STATE_BUFFERS", "keep_recurrent_float", "recurrent_layers"]
@@ -58,8 +59,9 @@ STATE_BUFFERS: dict[type, tuple[str, ...]] = {
 
 
 def _cut(value):
-    """``value`` detached from the graph if it is a tensor that carries one, else unchanged."""
-    return value.detach() if isinstance(value, torch.Tensor) and value.requires_grad else value
+    """``value`` detached from the graph if it is a tensor that carries one, else unchanged
+    (the rule of :func:`bso_snn.online.state.detach_state`, for arguments)."""
+    return value.detach() if isinstance(value, torch.Tensor) and value.grad_fn is not None else value
 
 
 class OnlineMixin:
@@ -70,8 +72,7 @@ class OnlineMixin:
     """
 
     def forward(self, *args, **kwargs):
-        for name in STATE_BUFFERS[original_class(self)]:
-            setattr(self, name, _cut(getattr(self, name)))
+        detach_state(self, STATE_BUFFERS[original_class(self)])
         args = args[:1] + tuple(_cut(a) for a in args[1:])
         kwargs = {k: v if k == "input_" else _cut(v) for k, v in kwargs.items()}
         recurrent = self._modules.get("recurrent") if getattr(self, "all_to_all", False) else None
