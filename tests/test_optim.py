@@ -420,7 +420,8 @@ def test_nonfinite_gradient_skips_that_parameter_and_warns(kind, bad):
         p.grad = torch.randn(p.shape, generator=gen) * 1e-2
     params[1].grad.view(-1)[0] = bad
     with pytest.warns(
-        UserWarning, match=r"non-finite gradient \(NaN or inf\) in parameter\(s\) \[1\] of param group 0"
+        UserWarning,
+        match=r"non-finite gradient \(NaN or inf\) in parameter\(s\) \[1\] \(indices over all param groups\)",
     ):
         opt.step()
     assert_same_bits(params[1].detach(), before[0][1])
@@ -439,7 +440,8 @@ def test_nonfinite_raise_mode_updates_nothing(kind):
     params[-1].grad.view(-1)[-1] = math.nan
     before = [p.detach().clone() for p in params]
     with pytest.raises(
-        FloatingPointError, match=r"parameter\(s\) \[6\] of param group 2; nothing was updated"
+        FloatingPointError,
+        match=r"parameter\(s\) \[6\] \(indices over all param groups\); nothing was updated",
     ):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
@@ -574,3 +576,28 @@ def test_step_with_closure_returns_the_loss_and_zero_grad_clears():
     assert p.tolist() == [-1.0, 1.0, -1.0]  # flipped where W*M > 0
     opt.zero_grad()
     assert p.grad is None
+
+
+def test_nonfinite_gradients_in_several_groups_give_one_warning_per_step():
+    params = random_params(13)
+    opt = BSO(group_dicts(params, "bso"))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    params[0].grad.view(-1)[0] = math.inf
+    params[5].grad.view(-1)[0] = math.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+    assert [str(w.message).split(";")[0] for w in caught] == [
+        "BSO: non-finite gradient (NaN or inf) in parameter(s) [0, 5] (indices over all param groups)"
+    ]
+
+
+def test_a_large_finite_half_precision_gradient_is_not_mistaken_for_non_finite():
+    p = torch.nn.Parameter(torch.ones(70_000, dtype=torch.float16))
+    opt = BSO([p], gamma=0.0)
+    p.grad = torch.ones_like(p)  # its float16 sum (70000) would overflow float16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    assert opt.flip_stats()[0].flips == 70_000

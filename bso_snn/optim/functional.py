@@ -93,8 +93,10 @@ def _pieces(w: Tensor, m: Tensor, owner: int) -> list[tuple[int, Tensor, Tensor]
 
 
 def _count(flip: Tensor) -> Tensor:
-    """The number of ones in a 0/1 float tensor: its float sum, exact below 2**24 elements."""
-    return flip.sum() if flip.numel() <= 1 << 24 else flip.sum(dtype=torch.float64)
+    """The number of ones in a 0/1 float tensor: its sum, accumulated in float32 (exact below
+    2**24 elements) or float64 (larger tensors)."""
+    dtype = second_moment_dtype(flip) if flip.numel() <= 1 << 24 else torch.float64
+    return flip.sum(dtype=dtype)
 
 
 def _batches(pieces: list[tuple[int, Tensor, Tensor]]) -> list[list[tuple[int, Tensor, Tensor]]]:

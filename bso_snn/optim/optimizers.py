@@ -140,19 +140,19 @@ class _BinaryOptimizer(torch.optim.Optimizer):
             grads.append(p.grad)
         return indices, params, grads
 
-    def _finite(self, indices: list[int], probes: list[Tensor], group_index: int) -> list[bool]:
-        """Which probes are finite (one host sync per device); warn or raise about the others."""
+    def _finite(self, indices: list[int], probes: list[Tensor]) -> list[bool]:
+        """Which probes are finite (one host sync per device); warn once or raise about the others."""
         finite = _host_values([probe.isfinite().all() for probe in probes])
         bad = [i for i, ok in zip(indices, finite, strict=True) if not ok]
         if bad:
             message = (
-                f"{self._name}: non-finite gradient (NaN or inf) in parameter(s) {bad} of param group "
-                f"{group_index}"
+                f"{self._name}: non-finite gradient (NaN or inf) in parameter(s) {bad} (indices over all "
+                f"param groups)"
             )
             if self.nonfinite == "raise":
                 raise FloatingPointError(message + "; nothing was updated in this step")
             warnings.warn(
-                message + "; their update was skipped and their weights and state kept", stacklevel=3
+                message + "; their update was skipped and their weights and state kept", stacklevel=4
             )
         return finite
 
@@ -163,17 +163,21 @@ class _BinaryOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = []
-        offset = 0
-        for group_index, group in enumerate(self.param_groups):
+        gathered, offset = [], 0
+        for group in self.param_groups:
             self._check_group(group)  # hyperparameters may have been changed by a scheduler
             indices, params, grads = self._gather(group, offset)
             offset += len(group["params"])
-            probes = self._probe(params, grads)
-            keep = self._finite(indices, probes, group_index)
-            work.append((group, indices, params, grads, probes, keep))
+            gathered.append((group, indices, params, grads, self._probe(params, grads)))
+        finite = self._finite(
+            [i for _, indices, _, _, _ in gathered for i in indices],
+            [probe for *_, probes in gathered for probe in probes],
+        )
         self._flip_counts = {}
-        for group, indices, params, grads, probes, keep in work:  # only now, after every check passed
+        position = 0
+        for group, indices, params, grads, probes in gathered:  # only now, after every check passed
+            keep = finite[position : position + len(indices)]
+            position += len(indices)
             params, grads, probes, indices = (
                 _kept(items, keep) for items in (params, grads, probes, indices)
             )
@@ -184,9 +188,10 @@ class _BinaryOptimizer(torch.optim.Optimizer):
 
     def _probe(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """Per gradient, a 0-dim tensor that is not finite when the gradient holds a NaN or inf:
-        its sum (one cheap pass, no temporary). A finite gradient whose sum overflows (elements
-        near the dtype's maximum) is also treated as non-finite."""
-        return [g.sum() for g in grads]
+        its sum (one cheap pass, no temporary; in float32 for half-precision gradients). A finite
+        gradient whose sum overflows (elements near the dtype's maximum) is also treated as
+        non-finite."""
+        return [g.sum(dtype=F.second_moment_dtype(p)) for p, g in zip(params, grads, strict=True)]
 
     def _momenta(self, params: list[Tensor]) -> list[Tensor]:
         momenta = []
