@@ -287,3 +287,23 @@ def test_make_optimizer_builds_tbso_plus_sgd():
 def test_make_optimizer_refuses_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_optimizer(converted_model(), **kwargs)
+
+
+def test_online_train_step_keeps_the_tbso_time_index_aligned_with_the_model():
+    from bso_snn.neurons import LIF
+    from bso_snn.online import train_step
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), LIF(), nn.Linear(8, 8), LIF(), nn.Linear(8, 3))
+    bso_snn.convert(model)
+    hybrid = make_optimizer(model, "tbso", time_steps=4)
+    tbso = hybrid.optimizers[0]
+    tbso.set_time_step(2)  # stale index from an interrupted sequence
+    x, y = torch.rand(4, 5, 4) * 3, torch.randint(0, 3, (5,))
+    train_step(model, x, y, nn.functional.cross_entropy, hybrid)
+    v = tbso.state[model[2].weight]["v"]
+    assert (v > 0).all() and tbso.time_step == 0  # steps used t = 0, 1, 2, 3
+    before = v.clone()
+    train_step(model, x[:3], y, nn.functional.cross_entropy, hybrid)  # a shorter sequence
+    assert tbso.time_step == 3
+    assert torch.equal((v != before).nonzero().flatten(), torch.tensor([0, 1, 2]))
