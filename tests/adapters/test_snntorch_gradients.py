@@ -2,12 +2,17 @@
 
 Network: ``x -> fc1 -> neuron1 -> fc2 -> Leaky(output) ; loss[t] = 0.5 * ||mem2[t] - y[t]||^2``,
 every weight layer converted (``skip_first_last=False``), ``neuron1`` one of Leaky, Synaptic,
-RLeaky, RSynaptic, with every reset mechanism. The reference below re-implements the forward
-with plain tensors (snnTorch semantics, ``reset_delay=True``) and derives the gradient by hand:
+RLeaky, RSynaptic, with every reset mechanism, ``reset_delay`` on (snnTorch's default) and off.
+The reference below re-implements the forward with plain tensors (snnTorch semantics) and
+derives the gradient by hand:
 
-    g2[t]  = mem2[t] - y[t]                                  (dmem2/dI2 = 1: state detached)
-    g1[t]  = (g2[t] @ W2) * sg'(mem1[t] - thr) * c1[t]       (c1 = 1 - reset1 for a "zero" reset
-                                                              that scales the integrated sum)
+    g2[t]  = (mem2[t] - y[t]) * dmem2/du2 * du2/dI2     (state detached: only this step's terms)
+    g1[t]  = (g2[t] @ W2) * sg'(u1[t] - thr) * du1/dI1
+
+where u is the membrane the spike is fired from, du/dI = 1 - reset for a "zero" reset that
+scales the integrated sum (else 1), and dmem/du = 1 - thr * sg'(u - thr) ("subtract") or
+1 - (spk - reset) - u * sg'(u - thr) ("zero") when ``reset_delay=False`` resets in the same step
+(else 1); then
     dW2 = sum_t g2[t]^T ahat(s1)[t]    dW1 = sum_t g1[t]^T ahat(x)[t]
     dR  = sum_t g1[t]^T ahat(s1[t-1])[t]     (recurrent weight, input spk[t-1])
 
@@ -41,12 +46,12 @@ def _neuron(kind: str, mechanism: str, **kwargs) -> nn.Module:
     return snn.RSynaptic(alpha=ALPHA, linear_features=HIDDEN, **common)
 
 
-def _sequential(kind: str, mechanism: str) -> nn.Sequential:
+def _sequential(kind: str, mechanism: str, delay: bool = True) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(F_IN, HIDDEN),
-        _neuron(kind, mechanism, init_hidden=True),
+        _neuron(kind, mechanism, init_hidden=True, reset_delay=delay),
         nn.Linear(HIDDEN, F_OUT),
-        _neuron("Leaky", mechanism, init_hidden=True, output=True),
+        _neuron("Leaky", mechanism, init_hidden=True, output=True, reset_delay=delay),
     )
 
 
@@ -83,15 +88,24 @@ def _heaviside(u: torch.Tensor) -> torch.Tensor:
     return (u > 0).to(u.dtype)
 
 
-def _neuron_step(kind, mechanism, current, state, recurrent):
-    """One snnTorch step (reset_delay=True) on plain tensors; returns mem, spk, dmem/dcurrent."""
+def _surrogate_grad(u: torch.Tensor) -> torch.Tensor:
+    return 1 / (1 + SLOPE * u.abs()) ** 2
+
+
+def _neuron_step(kind, mechanism, current, state, recurrent, delay):
+    """One snnTorch step on plain tensors.
+
+    Returns ``(u, (mem, syn, spk), du/dcurrent, dmem/du)``: ``u`` is the membrane the spike is
+    fired from; ``mem`` is ``u``, or with ``reset_delay=False`` ``u`` after snnTorch's same-step
+    reset ``mem = u - (spk - reset) * thr`` ("subtract") or ``u - (spk - reset) * u`` ("zero").
+    """
     mem_prev, syn_prev, spk_prev = state
     reset = _heaviside(mem_prev - THR)
     drive = current if recurrent is None else current + spk_prev @ recurrent[0].T + recurrent[1]
-    scale = torch.ones_like(mem_prev)
+    du = torch.ones_like(mem_prev)
     syn = syn_prev
     if kind == "Leaky" and mechanism == "zero":
-        mem = BETA * (1 - reset) * mem_prev + drive
+        u = BETA * (1 - reset) * mem_prev + drive
     else:
         if kind in ("Synaptic", "RSynaptic"):
             syn = ALPHA * syn_prev + drive
@@ -99,16 +113,23 @@ def _neuron_step(kind, mechanism, current, state, recurrent):
         else:
             base = BETA * mem_prev + drive
         if mechanism == "subtract":
-            mem = base - reset * THR
+            u = base - reset * THR
         elif mechanism == "zero":
-            mem, scale = base - reset * base, 1 - reset
+            u, du = base - reset * base, 1 - reset
         else:
-            mem = base
-    spk = _heaviside(mem - THR)
-    return mem, (mem, syn, spk), scale
+            u = base
+    spk = _heaviside(u - THR)
+    mem, dmem = u, torch.ones_like(u)
+    if not delay and mechanism != "none":
+        do_reset = spk - reset
+        if mechanism == "subtract":
+            mem, dmem = u - do_reset * THR, 1 - THR * _surrogate_grad(u - THR)
+        else:
+            mem, dmem = u - do_reset * u, 1 - do_reset - u * _surrogate_grad(u - THR)
+    return u, (mem, syn, spk), du, dmem
 
 
-def _reference(kind, mechanism, x, y, params, lam):
+def _reference(kind, mechanism, x, y, params, lam, delay=True):
     """Hand-derived OTTT gradients (dict name -> tensor) and the output membranes."""
     w1, b1, w2, b2 = params["0.weight"], params["0.bias"], params["2.weight"], params["2.bias"]
     recurrent = (params["1.recurrent.weight"], params["1.recurrent.bias"]) if kind[0] == "R" else None
@@ -117,11 +138,12 @@ def _reference(kind, mechanism, x, y, params, lam):
     s1_seq, s1_prev_seq, g1_seq, g2_seq, mem2_seq = [], [], [], [], []
     for t in range(T):
         s1_prev_seq.append(state1[2])
-        mem1, state1, scale1 = _neuron_step(kind, mechanism, x[t] @ w1.T + b1, state1, recurrent)
+        u1, state1, du1, _ = _neuron_step(kind, mechanism, x[t] @ w1.T + b1, state1, recurrent, delay)
         s1 = state1[2]
-        mem2, state2, scale2 = _neuron_step("Leaky", mechanism, s1 @ w2.T + b2, state2, None)
-        g2 = (mem2 - y[t]) * scale2
-        g1 = (g2 @ w2) / (1 + SLOPE * (mem1 - THR).abs()) ** 2 * scale1
+        _, state2, du2, dmem2 = _neuron_step("Leaky", mechanism, s1 @ w2.T + b2, state2, None, delay)
+        mem2 = state2[0]
+        g2 = (mem2 - y[t]) * dmem2 * du2
+        g1 = (g2 @ w2) * _surrogate_grad(u1 - THR) * du1
         s1_seq.append(s1), g1_seq.append(g1), g2_seq.append(g2), mem2_seq.append(mem2)
     s1, s1_prev, g1, g2 = map(torch.stack, (s1_seq, s1_prev_seq, g1_seq, g2_seq))
     grads = {
@@ -150,17 +172,25 @@ def _check(model, grads, ref_grads):
     assert any(g.abs().sum() > 0 for g in grads.values())
 
 
+KINDS = [(kind, True) for kind in ("Leaky", "Synaptic", "RLeaky", "RSynaptic")]
+KINDS += [
+    ("Leaky", False),
+    ("Synaptic", False),
+    ("RLeaky", False),
+]  # RSynaptic(reset_delay=False) is broken upstream
+
+
 @pytest.mark.parametrize("mechanism", MECHANISMS)
-@pytest.mark.parametrize("kind", ["Leaky", "Synaptic", "RLeaky", "RSynaptic"])
-def test_init_hidden_per_step_backward_equals_hand_derived_ottt(kind, mechanism):
+@pytest.mark.parametrize(("kind", "delay"), KINDS, ids=[f"{k}-delay={d}" for k, d in KINDS])
+def test_init_hidden_per_step_backward_equals_hand_derived_ottt(kind, delay, mechanism):
     torch.manual_seed(1)
-    model = _sequential(kind, mechanism)
+    model = _sequential(kind, mechanism, delay)
     report = bso_snn.convert(model, lam=BETA, skip_first_last=False)
     expected_binary = ["0", "1.recurrent", "2"] if kind[0] == "R" else ["0", "2"]
     assert report.converted == expected_binary
     assert report.online_neurons == ["1", "3"]
     x, y = _data(2)
-    ref_grads, ref_mem2 = _reference(kind, mechanism, x, y, dict(model.named_parameters()), BETA)
+    ref_grads, ref_mem2 = _reference(kind, mechanism, x, y, dict(model.named_parameters()), BETA, delay)
     bso_snn.reset(model)
     for t in range(T):
         spk2, mem2 = model(x[t])
