@@ -13,6 +13,7 @@ import pytest
 import snntorch as snn
 import torch
 from bso_snn.adapters import snntorch as adapter  # registers the snnTorch classes
+from snntorch.functional.quant import state_quant
 from torch import nn
 
 import bso_snn
@@ -30,12 +31,23 @@ def _make(kind: str, **kwargs) -> nn.Module:
         return snn.RLeaky(beta=0.8, linear_features=F, **kwargs)
     if kind == "RLeaky-conv":
         return snn.RLeaky(beta=0.8, conv2d_channels=2, kernel_size=3, **kwargs)
+    if kind == "Leaky-options":  # graded spikes, learnable threshold and beta, quantised state
+        quant = state_quant(num_bits=4, uniform=True)
+        return snn.Leaky(
+            beta=0.8,
+            threshold=0.7,
+            learn_threshold=True,
+            learn_beta=True,
+            graded_spikes_factor=0.5,
+            state_quant=quant,
+            **kwargs,
+        )
     if kind == "RLeaky-one-to-one":
         return snn.RLeaky(beta=0.8, all_to_all=False, V=0.5, **kwargs)
     return snn.RSynaptic(alpha=0.6, beta=0.8, linear_features=F, **kwargs)
 
 
-KINDS = ["Leaky", "Synaptic", "RLeaky", "RLeaky-conv", "RLeaky-one-to-one", "RSynaptic"]
+KINDS = ["Leaky", "Leaky-options", "Synaptic", "RLeaky", "RLeaky-conv", "RLeaky-one-to-one", "RSynaptic"]
 STATES = {"Leaky": 1, "Synaptic": 2, "RLeaky": 2, "RSynaptic": 3}
 
 
