@@ -254,6 +254,35 @@ def test_reset_clears_nested_neurons_and_traces_of_this_model_only():
     assert mem.shape == (2, F)
 
 
+def test_snntorch_utils_reset_misses_nested_types_and_resets_other_models():
+    """Why the docs say bso_snn.reset and not snntorch.utils.reset: a guard on snnTorch's own
+    behaviour, in a fresh process (utils.reset acts on every neuron instance alive there)."""
+    script = textwrap.dedent("""
+        import torch, snntorch as snn
+        from snntorch import utils
+        from torch import nn
+        torch.manual_seed(0)
+        a = nn.Sequential(
+            nn.Linear(3, 3),
+            nn.Sequential(nn.Linear(3, 3), snn.Synaptic(alpha=0.5, beta=0.5, init_hidden=True)),
+            snn.Leaky(beta=0.5, init_hidden=True),
+        )
+        b = nn.Sequential(nn.Linear(3, 3), snn.Leaky(beta=0.5, init_hidden=True))
+        x = torch.rand(2, 3) * 5
+        a[2](a[1](a[0](x)))
+        b(x)
+        nested, other = a[1][1].mem.clone(), b[1].mem.clone()
+        assert nested.abs().sum() > 0 and other.abs().sum() > 0
+        utils.reset(a)
+        print(torch.equal(a[1][1].mem, nested), bool(b[1].mem.abs().sum() == 0))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    nested_kept, other_model_reset = result.stdout.split()
+    assert nested_kept == "True"  # the nested Synaptic (no direct child of its type) keeps its state
+    assert other_model_reset == "True"  # model b's Leaky was reset by utils.reset(a)
+
+
 def test_online_steps_never_touch_another_models_neurons():
     model, other = _nested_model(), _nested_model()
     bso_snn.convert(model)
