@@ -18,7 +18,7 @@ from .layers import binarize_layer, binary_parameters, is_binary_layer
 from .neurons import LIF
 from .online import StepResult, evaluate, reset, train_step
 from .optim import BSO, TBSO, HybridOptimizer, ParamScheduler, make_optimizer, split_parameters
-from .registry import NeuronSupport, refuse_layer, register_layer, register_neuron
+from .registry import NeuronSupport, refuse_layer, refuse_neuron, register_layer, register_neuron
 from .sign import sign
 from .summary import LayerRow, ModelSummary, summary
 
@@ -47,6 +47,7 @@ __all__ = [
     "optim",
     "packed_size",
     "refuse_layer",
+    "refuse_neuron",
     "register_layer",
     "register_neuron",
     "reset",
