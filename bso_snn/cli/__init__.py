@@ -132,7 +132,7 @@ def _summary(metrics: dict, out: Path) -> str:
     size, rss = metrics["model_size"], metrics["peak_rss_mb"]
     lines = [
         "",
-        f"test accuracy     {metrics['test_acc']:.4f}  (after {len(metrics['epochs'])} epochs, "
+        f"test accuracy     {metrics['test_acc']:.4f}  (after {len(metrics['epochs'])} epoch(s), "
         f"{metrics['seconds_total']:.0f} s incl. data loading)",
         f"model size        {size['bytes_1bit'] / 1024:.1f} KiB with 1-bit weights vs "
         f"{size['bytes_float32'] / 1024:.1f} KiB float32 ({size['bytes_float32'] / size['bytes_1bit']:.1f}x); "

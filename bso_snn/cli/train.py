@@ -188,7 +188,11 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         t_epoch = time.perf_counter()
         loss_sum = correct = seen = 0
         bar = tqdm(
-            train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=True, file=sys.stderr
+            train_loader,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            file=sys.stderr,
+            mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line every 10 s
         )
         for i, (x, y) in enumerate(bar, 1):
             inputs = x.unsqueeze(0).expand(cfg.T, *x.shape)
