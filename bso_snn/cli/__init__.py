@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from ..data import DATASETS, DatasetChecksumError, DatasetNotFoundError
 from ..data._fetch import add_fetch_arguments, run_fetch
 from .models import ECOSYSTEMS, MODELS
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--width", type=_at_least_one(int), default=None, help="hidden width (mlp 256, conv 32 channels)"
     )
+    t.add_argument(
+        "--threads",
+        type=_at_least_one(int),
+        default=1,
+        help="torch CPU threads (default 1: these small models run fastest on one thread)",
+    )
     t.add_argument("--data-root", default=None, help="data folder (default: $BSO_SNN_DATA, else ./data)")
     t.add_argument("--out", default=None, help="run folder (default: runs/<time>-<dataset>-<optimizer>)")
     f = commands.add_parser("fetch", help="fetch and md5-verify MNIST / Fashion-MNIST")
@@ -181,16 +189,20 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         gamma=args.gamma,
         data_root=args.data_root,
         width=args.width,
+        threads=args.threads,
     )
     print(
         "bso-snn train " + " ".join(f"{k}={v}" for k, v in cfg.__dict__.items() if v is not None), flush=True
     )
+    threads = torch.get_num_threads()
     try:
         metrics = train(cfg, out)
     except (DatasetNotFoundError, DatasetChecksumError) as exc:
         return _error(str(exc), EXIT_DATA)
     except EcosystemMissingError as exc:
         return _error(str(exc), EXIT_ECOSYSTEM)
+    finally:
+        torch.set_num_threads(threads)  # train() sets --threads; callers of main() get theirs back
     print(_summary(metrics, out))
     return 0
 

@@ -52,6 +52,7 @@ class TrainConfig:
     gamma: float = 5e-7
     data_root: str | None = None
     width: int | None = None
+    threads: int = 1
     log_every: int = 10  # flip-rate samples per epoch
 
 
@@ -158,6 +159,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
 
     from .plots import plot_flip_rate, plot_loss_acc
 
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
     train_set, test_set = data.load_dataset(cfg.dataset, cfg.data_root)
