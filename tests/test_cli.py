@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from bso_snn import convert
@@ -28,7 +29,9 @@ def _train(tmp_path, *args):
 
 
 def test_train_tbso_writes_run_folder_and_a_checkpoint_that_reproduces_the_accuracy(tmp_path, capsys):
+    threads = torch.get_num_threads()
     out, m = _train(tmp_path)
+    assert m["config"]["threads"] == 1 and torch.get_num_threads() == threads  # --threads is restored
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
         "flip_rate.png",
