@@ -62,9 +62,22 @@ def _build(kind: str, step_mode: str, seed: int = 0) -> nn.Sequential:
     return net
 
 
-def reference_gradients(net: nn.Sequential, x: torch.Tensor, target: torch.Tensor, lam: float) -> dict:
-    """OTTT by hand on an *unconverted* copy: the neuron state is cut between steps, and the middle
-    layer (±1 weights) gets dL/dW = sum_t g[t]^T a_hat[t] with a_hat[t] = lam * a_hat[t-1] + s[t]."""
+def _ndot_decay(h_prev: torch.Tensor, h_prev2: torch.Tensor, lam: float) -> torch.Tensor:
+    """NDOT: clamp(h[t-1] / h[t-2], -lam, lam), and sign(h[t-1]) * lam (+lam for 0) where h[t-2] == 0."""
+    out = torch.empty_like(h_prev)
+    for i, (a, b) in enumerate(zip(h_prev.flatten().tolist(), h_prev2.flatten().tolist(), strict=True)):
+        ratio = (lam if a >= 0 else -lam) if b == 0 else a / b
+        out.view(-1)[i] = min(max(ratio, -lam), lam)
+    return out
+
+
+def reference_gradients(
+    net: nn.Sequential, x: torch.Tensor, target: torch.Tensor, lam: float, trace: str = "ottt"
+) -> dict:
+    """OTTT (or NDOT) by hand on an *unconverted* copy: the neuron state is cut between steps, and
+    the middle layer (±1 weights) gets dL/dW = sum_t g[t]^T a_hat[t], a_hat[t] = mu[t] a_hat[t-1] + s[t]
+    with mu = lam (OTTT) or the first neuron's h[t-1] / h[t-2] clamped to [-lam, lam] (NDOT), h being
+    its membrane after firing and reset."""
     ref = copy.deepcopy(net)
     with torch.no_grad():
         ref[2].weight.copy_(bso_snn.sign(ref[2].weight))
@@ -73,14 +86,17 @@ def reference_gradients(net: nn.Sequential, x: torch.Tensor, target: torch.Tenso
     v2 = torch.zeros(N, D_HID) + (n2.v_reset or 0.0)
     a_hat = torch.zeros(N, D_HID)
     grad_w2 = torch.zeros_like(ref[2].weight)
+    h = [v1.clone(), v1.clone()]  # h[t-2], h[t-1]
     for t in range(T):
+        mu = lam if trace == "ottt" else _ndot_decay(h[1], h[0], lam)
         s1, v1 = _fire_and_reset(n1, _charge(n1, v1.detach(), ref[0](x[t])))
+        h = [h[1], v1.detach().clone()]
         z2 = ref[2](s1)
         z2.retain_grad()
         s2, v2 = _fire_and_reset(n2, _charge(n2, v2.detach(), z2))
         loss = 0.5 * (ref[4](s2) - target[t]).pow(2).sum()
         loss.backward()
-        a_hat = lam * a_hat + s1.detach()
+        a_hat = mu * a_hat + s1.detach()
         grad_w2 += z2.grad.t() @ a_hat
     grads = {name: p.grad.clone() for name, p in ref.named_parameters()}
     grads["2.weight"] = grad_w2
@@ -88,9 +104,14 @@ def reference_gradients(net: nn.Sequential, x: torch.Tensor, target: torch.Tenso
 
 
 def converted_gradients(
-    net: nn.Sequential, x: torch.Tensor, target: torch.Tensor, lam: float | None, step_mode: str
+    net: nn.Sequential,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    lam: float | None,
+    step_mode: str,
+    trace: str = "ottt",
 ):
-    report = bso_snn.convert(net, lam=lam)
+    report = bso_snn.convert(net, lam=lam, trace=trace)
     assert report.converted == ["2"] and report.online_neurons == ["1", "3"]
     if step_mode == "s":  # the real-time loop: one backward per step
         for t in range(T):
@@ -112,6 +133,22 @@ def test_online_gradients_equal_hand_written_ottt(kind, step_mode):
     assert report.lam == lam
     assert expected["2.weight"].abs().sum() > 0, "the binary layer got no gradient: no spikes"
     assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+@pytest.mark.parametrize("kind", ["LIF-hard", "LIF-soft-nodecay"])
+def test_ndot_gradients_equal_hand_written_ndot(kind, step_mode):
+    """The online neurons publish their membrane after reset, which NDOT traces read."""
+    _, lam, lam_arg = NEURONS[kind]
+    net = _build(kind, step_mode)
+    torch.manual_seed(1)
+    x, target = torch.rand(T, N, D_IN), torch.rand(T, N, D_OUT)
+    expected = reference_gradients(net, x, target, lam, trace="ndot")
+    ottt = reference_gradients(net, x, target, lam)
+    _, got = converted_gradients(net, x, target, lam_arg, step_mode, trace="ndot")
+    assert not torch.allclose(expected["2.weight"], ottt["2.weight"])  # NDOT is not OTTT here
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
 
