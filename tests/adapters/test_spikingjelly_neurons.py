@@ -270,3 +270,22 @@ def test_deepcopy_and_pickle_keep_online_mode(tmp_path):
         assert type(other[1]) is type(net[1]) and type(other[2]) is type(net[2])
         torch.testing.assert_close(other(x), out)
         other(x).sum().backward()  # online: no "backward through the graph a second time"
+
+
+def test_neurons_inside_multi_step_container_are_online():
+    """MultiStepContainer calls single-step neurons once per step: same gradients as the
+    multi-step network."""
+    torch.manual_seed(6)
+    x, target = torch.rand(T, N, D_IN), torch.rand(T, N, D_OUT)
+    grads = []
+    for contained in (False, True):
+        net = _build("LIF-hard", "m")
+        if contained:
+            functional.set_step_mode(net[2:4], "s")
+            net = nn.Sequential(net[0], net[1], layer.MultiStepContainer(net[2], net[3]), net[4])
+        report = bso_snn.convert(net)
+        assert len(report.online_neurons) == 2 and len(report.converted) == 1
+        (0.5 * (net(x) - target).pow(2).sum()).backward()
+        grads.append([p.grad for p in net.parameters()])
+    for contained, flat in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(contained, flat, rtol=1e-5, atol=1e-5)
