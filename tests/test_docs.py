@@ -162,3 +162,13 @@ def test_runner_shares_a_namespace_and_reports_file_and_line(tmp_path):
 
 def test_pages_are_found():
     assert REPO / "README.md" in PAGES and len(PAGES) >= 2
+
+
+def test_index_links_every_page():
+    index = (REPO / "docs" / "index.md").read_text()
+    unlinked = [
+        p.name
+        for p in PAGES
+        if p.parent.name == "docs" and p.name != "index.md" and f"]({p.name})" not in index
+    ]
+    assert not unlinked, f"docs/index.md does not link {unlinked}"
