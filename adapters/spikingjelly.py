@@ -52,6 +52,7 @@ __all__ = [
     "after_convert",
     "check_cupy_device",
     "memory_neuron_support",
+    "use_fused_local_kernel",
 ]
 
 WS_REFUSAL = (
@@ -128,6 +129,34 @@ def after_convert(model: nn.Module) -> None:
     if not CLASSIC:
         for module in model.modules():
             functional.invalidate_reset_cache(module)
+
+
+def use_fused_local_kernel(model: nn.Module, enabled: bool = True) -> list[str]:
+    """Opt in (SpikingJelly 0.0.0.0.14, ``backend='cupy'``, GPU): every converted ``LIFNode`` of
+    ``model`` runs each multi-step training call as one CuPy launch with a time-local backward
+    kernel (:mod:`bso_snn.adapters.spikingjelly_cupy`) instead of ``T`` slices. Same gradient
+    (OTTT, accumulated over time); NDOT traces are not served. Returns the neurons' names.
+
+    Raises:
+        RuntimeError: the installed SpikingJelly has no CuPy kernels (2.0.0).
+        TypeError / ValueError: a ``LIFNode`` of ``model`` is not converted, not ``backend='cupy'``
+            or not multi-step; ``model`` has no ``LIFNode``.
+    """
+    if not CLASSIC:
+        raise RuntimeError(
+            f"use_fused_local_kernel needs SpikingJelly's CuPy kernels, which exist only in the classic "
+            f"releases (0.0.0.0.x); the installed release is {RELEASE}"
+        )
+    from .spikingjelly_cupy import check_fusable
+
+    nodes = [(name, m) for name, m in model.named_modules() if original_class(m) is neuron.LIFNode]
+    if not nodes:
+        raise ValueError(f"use_fused_local_kernel: {type(model).__name__} has no SpikingJelly LIFNode")
+    for name, node in nodes:
+        check_fusable(node, name)
+    for _, node in nodes:
+        node.bso_fused_local_kernel = bool(enabled)
+    return [name for name, _ in nodes]
 
 
 _register()

@@ -78,6 +78,7 @@ class OnlineMixin:
     """Online mode for a SpikingJelly neuron (see the module docstring)."""
 
     _bso_in_multi_step = False  # True while multi_step_forward runs (its steps are tagged there)
+    bso_fused_local_kernel = False  # 0.0.0.0.14 CuPy LIF: one call with a time-local backward kernel
 
     def single_step_forward(self, x: torch.Tensor, *args, **kwargs):
         if self._bso_in_multi_step:  # a multi-step implementation looping over single steps
@@ -91,6 +92,10 @@ class OnlineMixin:
         _detach_memories(self)
         if not torch.is_grad_enabled():  # no graph: nothing to cut between steps
             return super().multi_step_forward(x_seq, *args, **kwargs)
+        if self.bso_fused_local_kernel and self.training:  # see spikingjelly_cupy (opt-in)
+            from .spikingjelly_cupy import fused_forward
+
+            return fused_forward(self, super().multi_step_forward, x_seq)
         outputs, h_before, v_seqs = [], [], []
         self._bso_in_multi_step = True
         try:
