@@ -9,8 +9,9 @@ What it registers (exact classes; see ``docs/spikingjelly.md``):
   are refused: weight standardisation of ±1 weights gives non-binary effective weights;
 * neurons ``IFNode`` (``lam = 1``), ``LIFNode`` (``lam = 1 - 1/tau``), ``ParametricLIFNode``
   (learnable tau: no inferred ``lam``) -> online mode that keeps the neuron's backend;
-  ``BaseNode`` itself, so that any other ``BaseNode`` subclass is refused by the registry with
-  a message saying how to register it (:func:`memory_neuron_support`).
+  ``BaseNode`` (and 2.0.0's ``SimpleBaseNode``) is refused, so that any other subclass is refused
+  with a message saying how to register it (:func:`memory_neuron_support`); 2.0.0's own
+  ``OTTTLIFNode`` / ``SLTTLIFNode`` are refused with the reason.
 
 After conversion (:func:`after_convert`, called by ``bso_snn.convert``): every converted layer's
 trace becomes a SpikingJelly memory (``functional.reset_net`` clears it, without warnings),
@@ -25,7 +26,7 @@ from torch import nn
 
 from bso_snn._classswap import original_class
 from bso_snn.layers import binarize_layer, is_binary_layer
-from bso_snn.registry import refuse_layer, register_layer, register_neuron
+from bso_snn.registry import refuse_layer, refuse_neuron, register_layer, register_neuron
 
 from .spikingjelly_layers import (
     FlatStepsMixin,
@@ -63,6 +64,23 @@ WS_REFUSAL = (
 )
 
 
+OTHER_NEURON_REFUSAL = (
+    "bso-snn supports SpikingJelly's IFNode, LIFNode and ParametricLIFNode and cannot tell whether "
+    "another neuron keeps state outside SpikingJelly's memories or changes when run one step at a "
+    "time; if it does neither, register it with "
+    "bso_snn.adapters.spikingjelly.memory_neuron_support(decay=...)"
+)
+OTTT_NEURON_REFUSAL = (
+    "SpikingJelly's own OTTT neuron returns [spike, trace] in training, which only OTTTSequential "
+    "understands; use neuron.LIFNode(decay_input=False, v_reset=None, detach_reset=True) instead "
+    "(converted layers keep their own traces)"
+)
+SLTT_NEURON_REFUSAL = (
+    "SpikingJelly's own SLTT neuron already cuts its state between steps; use neuron.LIFNode "
+    "instead (convert puts it in online mode)"
+)
+
+
 def _lif_decay(node: nn.Module) -> float:
     return 1.0 - 1.0 / float(node.tau)
 
@@ -79,11 +97,14 @@ def _register() -> None:
     register_neuron(neuron.LIFNode, memory_neuron_support(decay=_lif_decay))
     # tau is learnable: a decay read at conversion time would be stale after the first update.
     register_neuron(neuron.ParametricLIFNode, memory_neuron_support(decay=lambda node: None))
-    # Registering the base classes makes the registry refuse every other subclass with a message
+    # Refusing the base classes makes the registry refuse every other subclass with a message
     # that says how to register it, instead of leaving it in BPTT mode without a word.
-    register_neuron(neuron.BaseNode, memory_neuron_support())
-    if not CLASSIC:
-        register_neuron(neuron.SimpleBaseNode, memory_neuron_support())
+    for name in ("BaseNode", "SimpleBaseNode"):  # SimpleBaseNode: 2.0.0 only
+        if hasattr(neuron, name):
+            refuse_neuron(getattr(neuron, name), OTHER_NEURON_REFUSAL)
+    if not CLASSIC:  # SpikingJelly's own online neurons
+        refuse_neuron(neuron.OTTTLIFNode, OTTT_NEURON_REFUSAL)
+        refuse_neuron(neuron.SLTTLIFNode, SLTT_NEURON_REFUSAL)
 
 
 def _container_glue() -> dict[type, type]:

@@ -237,11 +237,13 @@ def test_other_spikingjelly_neurons_are_refused_with_the_fix():
 
 
 @pytest.mark.skipif(sja.CLASSIC, reason="OTTTLIFNode exists only in SpikingJelly 2.0.0")
-def test_ottt_neurons_of_spikingjelly_are_refused():
-    net = nn.Sequential(
-        nn.Linear(2, 3), neuron.OTTTLIFNode(), nn.Linear(3, 3), neuron.LIFNode(), nn.Linear(3, 1)
-    )
-    with pytest.raises(TypeError, match="OTTTLIFNode subclasses the neuron"):
+@pytest.mark.parametrize(
+    "name, why", [("OTTTLIFNode", r"returns \[spike, trace\]"), ("SLTTLIFNode", "already cuts")]
+)
+def test_online_neurons_of_spikingjelly_are_refused(name, why):
+    node = getattr(neuron, name)()
+    net = nn.Sequential(nn.Linear(2, 3), node, nn.Linear(3, 3), neuron.LIFNode(), nn.Linear(3, 1))
+    with pytest.raises(TypeError, match=f"{name} is not supported by bso-snn: SpikingJelly's own .*{why}"):
         bso_snn.convert(net)
 
 
