@@ -14,7 +14,6 @@ from torch import nn
 
 from bso_snn._classswap import original_class, swap_class, swapped_class
 from bso_snn.layers import BinaryLayerMixin, is_binary_layer
-from bso_snn.traces import find_membrane_history
 
 TRACE_CHILD = "bso_trace_memory"
 """Name of the child module that holds a converted layer's trace in a SpikingJelly model."""
@@ -56,10 +55,6 @@ class ResettableBinaryMixin(BinaryLayerMixin, base.StepModule):
     * It is a SpikingJelly ``StepModule``: a plain ``nn.Linear`` / ``nn.Conv*`` gets a
       ``step_mode`` that ``functional.set_step_mode`` updates like any SpikingJelly layer
       (``'m'``: input ``[T, N, *]``).
-    * While tracing, an input that comes straight from an online neuron must carry as many time
-      steps as the layer's step mode implies. A mismatch (e.g. a single-step layer fed a
-      multi-step neuron's ``[T, N, *]`` output, which would be traced as one step of batch
-      ``T*N``) raises an error instead of giving wrong gradients.
     """
 
     @property
@@ -69,25 +64,6 @@ class ResettableBinaryMixin(BinaryLayerMixin, base.StepModule):
     @bso_trace.setter
     def bso_trace(self, value: torch.Tensor | None) -> None:
         self._modules[TRACE_CHILD].trace = value
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bso_tracing and self.training and torch.is_grad_enabled() and self.bso_flat_steps is None:
-            self._bso_check_steps(x)
-        return super().forward(x)
-
-    def _bso_check_steps(self, x: torch.Tensor) -> None:
-        history = find_membrane_history(x)
-        if history is None:  # not straight from an online neuron: nothing to compare with
-            return
-        produced, mode = len(history.h_before), self._bso_step_mode()
-        expected = 1 if mode == "s" else x.shape[0]
-        if produced != expected:
-            raise RuntimeError(
-                f"{type(self).__name__} is in step_mode={mode!r} but its input {tuple(x.shape)} comes "
-                f"from a neuron that just ran {produced} time step(s), so its trace would be wrong. "
-                f"Give it the neuron's step mode: functional.set_step_mode(model, ...) after "
-                f"bso_snn.convert, or set layer.step_mode."
-            )
 
 
 def make_resettable(layer: nn.Module, step_mode: str) -> None:

@@ -32,7 +32,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ._classswap import swap_class
 from .sign import is_binary_tensor, sign
-from .traces import accumulate_trace, trace_decay
+from .traces import accumulate_trace, find_membrane_history, trace_decay
 
 
 class _TracedLinear(torch.autograd.Function):
@@ -166,6 +166,7 @@ class BinaryLayerMixin:
         if not (self.bso_tracing and self.training and torch.is_grad_enabled()):
             return super().forward(x)
         x_seq, layout = self._bso_as_sequence(x)
+        self._bso_check_steps(x, x_seq.shape[0])
         self._bso_check_trace(x_seq)
         trace_seq = accumulate_trace(self.bso_trace, x_seq.detach(), trace_decay(self, x, x_seq))
         self.bso_trace = trace_seq[-1]
@@ -202,6 +203,22 @@ class BinaryLayerMixin:
                 f"{x_seq.device}; call bso_snn.reset(model) before each new sequence or batch "
                 f"(and after moving the model)"
             )
+
+    def _bso_check_steps(self, x: torch.Tensor, steps: int) -> None:
+        """An input that comes straight from an online neuron must hold as many time steps as
+        the neuron just ran; otherwise (e.g. a single-step layer fed a multi-step neuron's
+        ``[T, N, *]`` output, traced as one step of batch ``T``) the trace would be silently wrong."""
+        history = find_membrane_history(x)
+        if history is None or len(history.h_before) == steps:
+            return
+        mode = "flat" if self.bso_flat_steps is not None else self._bso_step_mode()
+        raise RuntimeError(
+            f"{type(self).__name__} is in step_mode={mode!r} but its input {tuple(x.shape)} comes from "
+            f"a neuron that just ran {len(history.h_before)} time step(s), while the layer reads "
+            f"{steps}, so its trace would be wrong. Give the layer the neuron's step mode: "
+            f"bso_snn.online.set_step_mode(model, 'm') (SpikingJelly: functional.set_step_mode) after "
+            f"bso_snn.convert, or set layer.bso_step_mode."
+        )
 
     def _bso_step_mode(self) -> str:
         mode = getattr(self, "step_mode", None)

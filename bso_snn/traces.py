@@ -141,11 +141,6 @@ def ndot_decay(layer: nn.Module, x: torch.Tensor, x_seq: torch.Tensor) -> torch.
     if layer.bso_lam is None:
         raise RuntimeError(f"{name} has no lam for the NDOT clamp: pass lam=... to bso_snn.convert")
     steps = x_seq.shape[0]
-    if len(history.h_before) != steps:
-        raise RuntimeError(
-            f"{name} sees {steps} time step(s) in its input but the presynaptic neuron produced "
-            f"{len(history.h_before)}; give the layer and the neuron the same step mode"
-        )
     decay = torch.empty_like(x_seq)
     for t in range(steps):
         if t == 0 and layer.bso_trace is None:

@@ -375,3 +375,21 @@ def test_loading_a_float_weight_into_a_binary_layer_is_refused():
     }
     model.load_state_dict(binary_state)
     assert torch.equal(model[1].weight, binary_state["1.weight"])
+
+
+def test_layer_fed_by_a_multi_step_neuron_must_read_the_same_number_of_steps():
+    """A single-step layer given a multi-step neuron's [T, N, F] output would trace it as one step
+    of batch T: refused. With the neuron's step mode it traces T steps."""
+    import bso_snn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), bso_snn.LIF(step_mode="m"), nn.Linear(5, 4), nn.Linear(4, 2))
+    bso_snn.convert(model, lam=0.5)
+    x = torch.rand(4, 2, 3) * 3
+    with pytest.raises(
+        RuntimeError, match=r"step_mode='s' but its input \(4, 2, 5\) comes from a neuron that just ran 4"
+    ):
+        model(x)
+    bso_snn.reset(model)
+    bso_snn.online.set_step_mode(model, "m")
+    assert model(x).shape == (4, 2, 2)
