@@ -3,7 +3,7 @@
 #
 # From a fresh clone on a machine with only Python >= 3.11 and pip (network: package registries):
 #   1. create .venv and install torch (CPU, pinned first), bso-snn[dev], SpikingJelly 2.0.0 and
-#      snnTorch 1.0.0, and the classic SpikingJelly 0.0.0.0.14 into .deps/sj14;
+#      snnTorch 1.0.0, and the classic SpikingJelly 0.0.0.0.14 (+ CuPy, no GPU needed) into .deps/sj14;
 #   2. fetch MNIST + Fashion-MNIST into ./data (md5-checked; skipped when present);
 #   3. ruff check + ruff format --check;
 #   4. pytest run 1: the whole suite (SpikingJelly 2.0.0, snnTorch 1.0.0);
@@ -51,7 +51,7 @@ phase "venv"
 
 phase "install"
 want=$(cat pyproject.toml scripts/test.sh | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -d "$SJ_CLASSIC/spikingjelly" ]; then
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -d "$SJ_CLASSIC/spikingjelly" ] && [ -d "$SJ_CLASSIC/cupy" ]; then
     echo "up to date (delete $STAMP to force a reinstall)"
 else
     # torch first, pinned: the CPU build (a local wheel here). Anything unpinned may pull a multi-GB CUDA build.
@@ -60,9 +60,11 @@ else
     # SpikingJelly's core needs only numpy + loguru; its declared deps (torchvision, torchaudio, ...) are not needed.
     "$VPY" -m pip install -q --no-deps spikingjelly==2.0.0 'loguru>=0.7,<1' snntorch==1.0.0
     # The classic SpikingJelly release, importable only with PYTHONPATH=.deps/sj14 (pytest run 2).
+    # CuPy too: 0.0.0.0.14's backend='cupy' needs it at construction (it imports without a GPU;
+    # kernels are never run here). cupy-cuda12x needs numpy (in .venv) and cuda-pathfinder.
     rm -rf "$SJ_CLASSIC"
-    "$VPY" -m pip install -q --no-deps --target "$SJ_CLASSIC" spikingjelly==0.0.0.0.14
-    # >>> extra packages the classic-SpikingJelly adapter tests need go here (same --target) <<<
+    "$VPY" -m pip install -q --no-deps --target "$SJ_CLASSIC" spikingjelly==0.0.0.0.14 \
+        cupy-cuda12x==14.2.0 'cuda-pathfinder>=1.3.4,<2' fastrlock
     echo "$want" >"$STAMP"
 fi
 "$VPY" -c "import torch, spikingjelly, snntorch, bso_snn; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())"
