@@ -152,3 +152,17 @@ def test_bad_time_index_and_shapes():
         lin(torch.zeros(1, 5))
     with pytest.raises(ValueError, match=r"SBNNConv2d: input shape \(1, 2, 5, 5\) is not \[batch, 3, H, W\]"):
         conv(torch.zeros(1, 2, 5, 5))
+
+
+def test_binarize_means_sets_alpha_times_sign_per_layer():
+    from bso_snn.bayes import binarize_means_
+
+    model = torch.nn.Sequential(SBNNConv2d(2, 3, 3), torch.nn.Flatten(), SBNNLinear(12, 4))
+    before = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    assert binarize_means_(model) == 2
+    for w0, layer in zip(before, (model[0], model[2]), strict=True):
+        alpha = w0.abs().mean()
+        expected = torch.where(w0 >= 0, alpha, -alpha)
+        assert torch.equal(layer.weight.detach(), expected)
+    with pytest.raises(ValueError, match=r"binarize_means_: model has no SBNNLinear / SBNNConv2d layer"):
+        binarize_means_(torch.nn.Linear(2, 2))

@@ -172,3 +172,22 @@ def test_sbnn_loss_combination():
     assert sbnn_loss(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item())
     with pytest.raises(ValueError, match=r"lam_aux=-1.0 and kl_weight=0.0 must be >= 0"):
         sbnn_loss(logits, y, lam_aux=-1.0)
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_conv_lif_passes_the_estimator_weight(p):
+    """Conv synapse (var [B,1,H,W] broadcast over channels) into a LIF: du-gradient = phi(z)/S * w_p(b)."""
+    from bso_snn.bayes import SBNNConv2d, importance_weight
+
+    torch.manual_seed(0)
+    layer, neuron = SBNNConv2d(2, 3, 3, padding=1).double(), SBNNLIF(threshold=0.1, p=p)
+    x = torch.rand(2, 2, 4, 4, dtype=torch.float64)
+    mean, var, bias_var = layer(x)
+    mean = mean.detach().requires_grad_()
+    xi = torch.randn_like(mean)
+    s = neuron(mean, var.detach(), bias_var, xi=xi)
+    s.sum().backward()
+    u, S = mean.detach() - 0.1, var.detach().sqrt().expand_as(mean)
+    z = u / S
+    expected = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi) / S * importance_weight(s, u, S, p)
+    torch.testing.assert_close(mean.grad, expected, rtol=1e-12, atol=1e-14)

@@ -5,6 +5,7 @@ LIF / binary neurons with the IW-ST estimator (:class:`SBNNLIF`, :class:`SBNNBin
 :func:`iwst_spike`), the auxiliary loss and the KL term. See docs/bayes.md.
 """
 
+from .binarize import binarize_means_
 from .estimators import IWSTSpike, importance_weight, iwst_spike, spike_probability
 from .layers import SBNNConv2d, SBNNLinear, SynapseOutput
 from .losses import aux_loss, aux_term, gaussian_kl, kl_divergence, sbnn_loss
@@ -31,6 +32,7 @@ __all__ = [
     "SynapseOutput",
     "aux_loss",
     "aux_term",
+    "binarize_means_",
     "gaussian_kl",
     "importance_weight",
     "iwst_spike",
