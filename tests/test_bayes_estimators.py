@@ -139,3 +139,10 @@ def test_bad_arguments(kwargs, message):
 def test_shape_mismatch_names_shapes_and_fix():
     with pytest.raises(ValueError, match=r"S \(4, 1\).*expand S with S.expand_as\(u\)"):
         iwst_spike(torch.zeros(4, 3), torch.ones(4, 1), torch.zeros(4, 3))
+
+
+def test_negative_noise_std_is_refused():
+    with pytest.raises(
+        ValueError, match=r"iwst_spike: S has negative entries \(min -0.5\); S is a noise std"
+    ):
+        iwst_spike(torch.zeros(2), torch.tensor([1.0, -0.5]), torch.zeros(2))

@@ -191,3 +191,39 @@ def test_conv_lif_passes_the_estimator_weight(p):
     z = u / S
     expected = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi) / S * importance_weight(s, u, S, p)
     torch.testing.assert_close(mean.grad, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("time_steps", "threshold"), [(1, 0.0), (3, 1.0)])
+def test_straight_through_chain_matches_a_plain_torch_reference(time_steps, threshold):
+    """p=0 end to end: parameter gradients equal those of a plain re-implementation in which every spike
+    is ``hard + Phi(u/S) - Phi(u/S).detach()`` (forward = sample, backward = gradient of Phi)."""
+    torch.manual_seed(0)
+    layer = SBNNLinear(6, 4, time_steps=time_steps, bias_noise_std=0.2).double()
+    with torch.no_grad():
+        layer.a.uniform_(0.5, 1.5), layer.c.uniform_(-0.3, 0.3)
+    neuron = SBNNLIF(threshold=threshold)
+    x = torch.rand(time_steps, 3, 6, dtype=torch.float64)
+    xis = torch.randn(time_steps, 3, 4, dtype=torch.float64)
+    upstream = torch.randn(time_steps, 3, 4, dtype=torch.float64)
+    out = torch.stack([neuron(*layer(x[t], t), xi=xis[t]) for t in range(time_steps)])
+    (out * upstream).sum().backward()
+    ours = {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+    layer.zero_grad()
+    params = dict(layer.named_parameters())
+    sigma, sigma_b = F.softplus(params["rho"]), F.softplus(params["rho_b"])
+    m, V, ref = 0.0, 0.0, []
+    for t in range(time_steps):
+        m = DEFAULT_BETA * m + params["a"][t] * (x[t] @ params["weight"].T) + params["c"][t]
+        V = DEFAULT_BETA**2 * V + sigma**2 * (x[t] ** 2).sum(1, keepdim=True)
+        S = torch.sqrt(V + sigma_b**2)
+        prob = 0.5 * torch.erfc(-((m - threshold) / S) / math.sqrt(2))
+        hard = (m - threshold + S * xis[t] > 0).double()
+        s = hard + prob - prob.detach()
+        ref.append(s)
+        m = m - threshold * s
+    ref = torch.stack(ref)
+    assert torch.equal(ref.detach(), out)
+    (ref * upstream).sum().backward()
+    for name, prm in layer.named_parameters():
+        torch.testing.assert_close(ours[name], prm.grad, rtol=1e-9, atol=1e-12, msg=name)

@@ -77,4 +77,8 @@ def iwst_spike(u: Tensor, S: Tensor, xi: Tensor, p: float = 0.0, p_min: float = 
             f"iwst_spike: u {tuple(u.shape)}, S {tuple(S.shape)} and xi {tuple(xi.shape)} must have one "
             "shape; expand S with S.expand_as(u)"
         )
+    if bool((S < 0).any()):
+        raise ValueError(
+            f"iwst_spike: S has negative entries (min {S.min().item():.3g}); S is a noise std, >= 0"
+        )
     return IWSTSpike.apply(u, S, xi.detach(), float(p), float(p_min))
