@@ -3,11 +3,13 @@
 The usual path: ``bso_snn.convert(model)`` (±1 weights, online traces, online neurons), an
 optimizer from :mod:`bso_snn.optim` (``TBSO``/``BSO`` for the binary weights, any torch
 optimizer for the float rest), and a per-time-step loop (``bso_snn.train_step`` or your own)
-with ``bso_snn.reset(model, optimizer)`` before each sequence.
+with ``bso_snn.reset(model, optimizer)`` before each sequence. :mod:`bso_snn.bayes` carries the
+second method, Bayesian binary/spiking networks (Walker et al., IW-ST estimators).
 """
 
 from . import (
     _torch_layers,  # noqa: F401  (registers nn.Linear / Conv1d / Conv2d)
+    bayes,
     neurons,
     online,
     optim,
@@ -35,6 +37,7 @@ __all__ = [
     "NeuronSupport",
     "ParamScheduler",
     "StepResult",
+    "bayes",
     "binarize_layer",
     "binary_parameters",
     "convert",
