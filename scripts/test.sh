@@ -55,7 +55,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -d "$SJ_CLASSIC/spikingjelly
     echo "up to date (delete $STAMP to force a reinstall)"
 else
     # torch first, pinned: the CPU build (a local wheel here). Anything unpinned may pull a multi-GB CUDA build.
-    "$VPY" -m pip install -q torch==2.13.0
+    # Elsewhere: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/test.sh
+    "$VPY" -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
     "$VPY" -m pip install -q -e '.[dev]'
     # SpikingJelly's core needs only numpy + loguru; its declared deps (torchvision, torchaudio, ...) are not needed.
     "$VPY" -m pip install -q --no-deps spikingjelly==2.0.0 'loguru>=0.7,<1' snntorch==1.0.0
