@@ -7,7 +7,8 @@
 #   2. fetch MNIST + Fashion-MNIST into ./data (md5-checked; skipped when present);
 #   3. ruff check + ruff format --check;
 #   4. pytest run 1: the whole suite (SpikingJelly 2.0.0, snnTorch 1.0.0);
-#      pytest run 2: the SpikingJelly adapter tests again against SpikingJelly 0.0.0.0.14.
+#      pytest run 2: the SpikingJelly adapter tests again against SpikingJelly 0.0.0.0.14;
+#      pytest run 3: the snnTorch adapter tests again against snnTorch 0.9.4.
 # Any failure, and a pytest run that collects no tests (exit code 5), fails the script.
 # Re-running is fast: installs are skipped while pyproject.toml and this script are unchanged.
 set -euo pipefail
@@ -17,6 +18,7 @@ PY=${PYTHON:-python3}
 VPY=.venv/bin/python
 STAMP=.venv/.bso-snn-installed
 SJ_CLASSIC=.deps/sj14
+SNN_094=.deps/snn094
 export MPLBACKEND=Agg PIP_DISABLE_PIP_VERSION_CHECK=1
 
 PHASES=()
@@ -51,7 +53,7 @@ phase "venv"
 
 phase "install"
 want=$(cat pyproject.toml scripts/test.sh | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -d "$SJ_CLASSIC/spikingjelly" ] && [ -d "$SJ_CLASSIC/cupy" ]; then
+if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && [ -d "$SJ_CLASSIC/spikingjelly" ] && [ -d "$SJ_CLASSIC/cupy" ] && [ -d "$SNN_094/snntorch" ]; then
     echo "up to date (delete $STAMP to force a reinstall)"
 else
     # torch first, pinned: the CPU build (a local wheel here). Anything unpinned may pull a multi-GB CUDA build.
@@ -66,6 +68,9 @@ else
     rm -rf "$SJ_CLASSIC"
     "$VPY" -m pip install -q --no-deps --target "$SJ_CLASSIC" spikingjelly==0.0.0.0.14 \
         cupy-cuda12x==14.2.0 'cuda-pathfinder>=1.3.4,<2' fastrlock
+    # snnTorch 0.9.4, importable only with PYTHONPATH=.deps/snn094 (pytest run 3).
+    rm -rf "$SNN_094"
+    "$VPY" -m pip install -q --no-deps --target "$SNN_094" snntorch==0.9.4
     echo "$want" >"$STAMP"
 fi
 "$VPY" -c "import torch, spikingjelly, snntorch, bso_snn; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())"
@@ -90,3 +95,12 @@ if [ ${#sj_tests[@]} -eq 0 ]; then
 fi
 PYTHONPATH=$SJ_CLASSIC BSO_SNN_EXPECT_SPIKINGJELLY=0.0.0.0.14 \
     run_pytest "run 2 (SpikingJelly 0.0.0.0.14)" "${sj_tests[@]}"
+
+phase "pytest 3: snnTorch 0.9.4"
+snn_tests=(tests/adapters/test_snntorch*.py)
+if [ ${#snn_tests[@]} -eq 0 ]; then
+    echo "error: no tests/adapters/test_snntorch*.py files" >&2
+    exit 5
+fi
+PYTHONPATH=$SNN_094 BSO_SNN_EXPECT_SNNTORCH=0.9.4 \
+    run_pytest "run 3 (snnTorch 0.9.4)" "${snn_tests[@]}"
