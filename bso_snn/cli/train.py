@@ -17,7 +17,6 @@ Inputs are direct-encoded: the image is the input current at each of the T time 
 from __future__ import annotations
 
 import json
-import math
 import platform
 import resource
 import sys
@@ -32,8 +31,8 @@ from torch.utils.data import DataLoader
 
 from .. import checkpoint, convert, data, reset
 from ..convert import load_adapters
-from ..layers import is_binary_layer
 from ..online import evaluate, train_step
+from ..summary import summary
 from .models import build_model
 
 
@@ -92,22 +91,14 @@ def peak_rss_mb() -> float:
 
 
 def model_sizes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the floating-point ``state_dict`` entries (parameters and persistent buffers such as
-    BatchNorm statistics; neuron state is not saved): binary weights at 1 bit vs everything float32."""
-    binary = {
-        f"{prefix}.{name}" if prefix else name
-        for prefix, module in model.named_modules()
-        if is_binary_layer(module)
-        for name in module.bso_binary_parameters
-    }
-    tensors = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
-    n_binary = sum(v.numel() for k, v in tensors.items() if k in binary)
-    n_float = sum(v.numel() for k, v in tensors.items() if k not in binary)
+    """Model size from :func:`bso_snn.summary` (parameters and buffers such as BatchNorm statistics;
+    neuron state is not saved): binary weights at 1 bit vs every floating-point tensor at float32."""
+    table = summary(model)
     return {
-        "binary_weights": n_binary,
-        "float_values": n_float,
-        "bytes_1bit": sum(math.ceil(v.numel() / 8) for k, v in tensors.items() if k in binary) + 4 * n_float,
-        "bytes_float32": 4 * (n_binary + n_float),
+        "binary_weights": table.binary_params,
+        "float_values": table.params - table.binary_params + table.buffers,
+        "bytes_1bit": table.bytes,
+        "bytes_float32": table.float32_bytes,
     }
 
 
