@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from bso_snn import registry
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``gpu`` run wherever CUDA exists and are skipped (and reported) elsewhere."""
@@ -12,3 +14,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def restore_registry():
+    """For tests that register throw-away classes: leave the global registry as it was."""
+    tables = (registry._LAYERS, registry._NEURONS, registry._REFUSED, registry._REFUSED_NEURONS)
+    saved = [dict(table) for table in tables]
+    yield
+    for table, old in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(old)

@@ -11,21 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from bso_snn import registry
 from bso_snn.convert import ConversionReport, convert
 from bso_snn.layers import binarize_layer, binary_parameters, is_binary_layer
 from bso_snn.registry import NeuronSupport, refuse_layer, register_layer, register_neuron
 from bso_snn.sign import is_binary_tensor
 
-
-@pytest.fixture(autouse=True)
-def _restore_registry():
-    """Tests may register throw-away classes; leave the global registry as it was."""
-    saved = (dict(registry._LAYERS), dict(registry._NEURONS), dict(registry._REFUSED))
-    yield
-    for table, old in zip((registry._LAYERS, registry._NEURONS, registry._REFUSED), saved, strict=True):
-        table.clear()
-        table.update(old)
+pytestmark = pytest.mark.usefixtures("restore_registry")
 
 
 def vgg_like() -> nn.Sequential:

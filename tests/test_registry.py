@@ -13,14 +13,7 @@ from bso_snn._classswap import original_class, swap_class
 from bso_snn.layers import BinaryLayerMixin, binarize_layer
 from bso_snn.registry import NeuronSupport, is_weight_layer, layer_handler, refuse_layer, register_layer
 
-
-@pytest.fixture(autouse=True)
-def _restore_registry():
-    saved = (dict(registry._LAYERS), dict(registry._NEURONS), dict(registry._REFUSED))
-    yield
-    for table, old in zip((registry._LAYERS, registry._NEURONS, registry._REFUSED), saved, strict=True):
-        table.clear()
-        table.update(old)
+pytestmark = pytest.mark.usefixtures("restore_registry")
 
 
 class MyLinear(nn.Linear):
