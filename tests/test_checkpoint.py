@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from bso_snn import registry
 from bso_snn.checkpoint import (
     FORMAT,
     load_packed,
@@ -246,25 +245,20 @@ def test_missing_and_unexpected_keys(saved):
     )
 
 
+@pytest.mark.usefixtures("restore_registry")
 def test_layer_type_mismatch(saved):
-    saved_registry = dict(registry._LAYERS)
-
     class MyConv(nn.Conv2d):
         pass
 
-    try:
-        register_layer(MyConv, binarize_layer)
-        model = net(1)
-        model[3] = MyConv(8, 8, 3, padding=1)
-        convert(model, lam=0.5)
-        _assert_load_fails(
-            model,
-            saved,
-            r"'3\.weight' belongs to a torch\.nn\.modules\.conv\.Conv2d in the file but to a .*MyConv",
-        )
-    finally:
-        registry._LAYERS.clear()
-        registry._LAYERS.update(saved_registry)
+    register_layer(MyConv, binarize_layer)
+    model = net(1)
+    model[3] = MyConv(8, 8, 3, padding=1)
+    convert(model, lam=0.5)
+    _assert_load_fails(
+        model,
+        saved,
+        r"'3\.weight' belongs to a torch\.nn\.modules\.conv\.Conv2d in the file but to a .*MyConv",
+    )
 
 
 def test_save_refuses_non_binary_values(tmp_path):

@@ -223,6 +223,7 @@ def test_store_v_seq_is_kept_in_multi_step():
     torch.testing.assert_close(net[1].v_seq[-1], net[1].v)
 
 
+@pytest.mark.usefixtures("restore_registry")
 def test_other_spikingjelly_neurons_are_refused_with_the_fix():
     custom = type("MyNode", (neuron.LIFNode,), {})
     net = nn.Sequential(nn.Linear(2, 3), custom(), nn.Linear(3, 3), neuron.LIFNode(), nn.Linear(3, 1))
