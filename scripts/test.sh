@@ -86,21 +86,18 @@ phase "pytest 1: suite"
 BSO_SNN_REQUIRE_DATA=1 BSO_SNN_EXPECT_SPIKINGJELLY=2.0.0 BSO_SNN_EXPECT_SNNTORCH=1.0.0 \
     run_pytest "run 1 (whole suite)" "$@"
 
-phase "pytest 2: SJ 0.0.0.0.14"
+# Runs 2 and 3: one adapter's tests again, against an older release importable from a --target folder.
+run_against() {  # run_against <phase> <label> <PYTHONPATH> <VAR=version> <test glob prefix>
+    phase "$1"
+    local files=("$5"*.py)
+    if [ ${#files[@]} -eq 0 ]; then
+        echo "error: no $5*.py files" >&2
+        exit 5
+    fi
+    (export PYTHONPATH="$3" "$4" && run_pytest "$2" "${files[@]}")
+}
 shopt -s nullglob
-sj_tests=(tests/adapters/test_spikingjelly*.py)
-if [ ${#sj_tests[@]} -eq 0 ]; then
-    echo "error: no tests/adapters/test_spikingjelly*.py files" >&2
-    exit 5
-fi
-PYTHONPATH=$SJ_CLASSIC BSO_SNN_EXPECT_SPIKINGJELLY=0.0.0.0.14 \
-    run_pytest "run 2 (SpikingJelly 0.0.0.0.14)" "${sj_tests[@]}"
-
-phase "pytest 3: snnTorch 0.9.4"
-snn_tests=(tests/adapters/test_snntorch*.py)
-if [ ${#snn_tests[@]} -eq 0 ]; then
-    echo "error: no tests/adapters/test_snntorch*.py files" >&2
-    exit 5
-fi
-PYTHONPATH=$SNN_094 BSO_SNN_EXPECT_SNNTORCH=0.9.4 \
-    run_pytest "run 3 (snnTorch 0.9.4)" "${snn_tests[@]}"
+run_against "pytest 2: SJ 0.0.0.0.14" "run 2 (SpikingJelly 0.0.0.0.14)" "$SJ_CLASSIC" \
+    BSO_SNN_EXPECT_SPIKINGJELLY=0.0.0.0.14 tests/adapters/test_spikingjelly
+run_against "pytest 3: snnTorch 0.9.4" "run 3 (snnTorch 0.9.4)" "$SNN_094" \
+    BSO_SNN_EXPECT_SNNTORCH=0.9.4 tests/adapters/test_snntorch
