@@ -310,3 +310,35 @@ def test_evaluate_is_the_time_averaged_output_without_tracing():
     with torch.no_grad():
         expected = sum(net(x) for x in x_seq) / 5
     torch.testing.assert_close(scores, expected)
+
+
+class _PairOutput(nn.Module):
+    """Returns (spikes, membrane)-like pairs, as snnTorch models with output=True do."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        out = self.body(x)
+        return out * 0, out
+
+
+def test_tuple_outputs_need_output_fn_and_then_train_like_the_plain_model():
+    torch.manual_seed(0)
+    plain = mlp()
+    bso_snn.convert(plain)
+    paired = _PairOutput(copy.deepcopy(plain))
+    x, y = torch.rand(3, 4, 6), torch.randint(0, 3, (4,))
+    loss = nn.functional.cross_entropy
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1)
+    opt_paired = torch.optim.SGD(paired.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"returned tuple, not a tensor; pass output_fn"):
+        train_step(paired, x, y, loss, opt_paired)
+    expected = train_step(plain, x, y, loss, opt_plain)
+    got = train_step(paired, x, y, loss, opt_paired, output_fn=lambda out: out[1])
+    assert got.loss == expected.loss
+    torch.testing.assert_close(got.output, expected.output, rtol=0, atol=0)
+    torch.testing.assert_close(
+        evaluate(paired, x, output_fn=lambda out: out[1]), evaluate(plain, x), rtol=0, atol=0
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -67,10 +67,21 @@ def _start_sequence(model: nn.Module, optimizer: Optimizer) -> None:
         rewind()
 
 
-def _forward_step(model: nn.Module, inputs: torch.Tensor, t: int, step_mode: str) -> torch.Tensor:
-    if step_mode == "m":
-        return model(inputs[t : t + 1])[0]
-    return model(inputs[t])
+OutputFn = Callable[[Any], torch.Tensor]
+
+
+def _forward_step(
+    model: nn.Module, inputs: torch.Tensor, t: int, step_mode: str, output_fn: OutputFn | None
+) -> torch.Tensor:
+    out = model(inputs[t : t + 1]) if step_mode == "m" else model(inputs[t])
+    if output_fn is not None:
+        out = output_fn(out)
+    elif not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"the model returned {type(out).__name__}, not a tensor; pass output_fn to pick the tensor "
+            f"to use, e.g. output_fn=lambda out: out[1] for snnTorch's (spk, mem)"
+        )
+    return out[0] if step_mode == "m" else out
 
 
 def train_step(
@@ -82,6 +93,7 @@ def train_step(
     *,
     update: str = "realtime",
     step_mode: str = "s",
+    output_fn: OutputFn | None = None,
 ) -> StepResult:
     """Train ``model`` on one batch of ``T`` time steps, online.
 
@@ -99,6 +111,9 @@ def train_step(
         step_mode: ``'s'`` if the model takes one step ``[N, ...]`` per call, ``'m'`` if it
             takes ``[T, N, ...]`` (it is then fed ``inputs[t:t+1]`` per step, so memory stays
             constant in ``T``).
+        output_fn: picks the tensor to use from what the model returns (e.g.
+            ``lambda out: out[1]`` for snnTorch's ``(spk, mem)``); without it the model must
+            return a tensor.
 
     The model's neuron state, traces and the optimizer's time index are reset at the start,
     and gradients are zeroed at the start (and after each real-time step).
@@ -110,7 +125,7 @@ def train_step(
     total_loss = 0.0
     output_sum = None
     for t in range(steps):
-        out = _forward_step(model, inputs, t, step_mode)
+        out = _forward_step(model, inputs, t, step_mode, output_fn)
         loss = loss_fn(out, target)
         (loss / steps).backward()
         if update == "realtime":
@@ -124,15 +139,17 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, inputs: torch.Tensor, *, step_mode: str = "s") -> torch.Tensor:
+def evaluate(
+    model: nn.Module, inputs: torch.Tensor, *, step_mode: str = "s", output_fn: OutputFn | None = None
+) -> torch.Tensor:
     """The time-averaged output ``mean_t model(x[t])`` over ``inputs`` ``[T, N, ...]``.
 
     Runs under ``torch.no_grad()`` (layers do not trace) after resetting the model; the
-    model's train/eval mode is left as it is. ``step_mode`` as in :func:`train_step`.
+    model's train/eval mode is left as it is. ``step_mode`` and ``output_fn`` as in :func:`train_step`.
     """
     _check(inputs, None, step_mode)
     reset(model)
-    outputs = [_forward_step(model, inputs, t, step_mode) for t in range(inputs.shape[0])]
+    outputs = [_forward_step(model, inputs, t, step_mode, output_fn) for t in range(inputs.shape[0])]
     return torch.stack(outputs).mean(0)
 
 
