@@ -160,6 +160,13 @@ def neuron_support(module: nn.Module) -> NeuronSupport | None:
     return None
 
 
+def registered_neuron_support(module: nn.Module) -> NeuronSupport | None:
+    """The support registered for ``module``'s exact (original) class, else ``None`` (never raises;
+    refused and unregistered classes give ``None``). For walks over a model that only act on the
+    neurons bso-snn drives, such as :func:`bso_snn.reset`."""
+    return _NEURONS.get(original_class(module))
+
+
 def registered_layer_types() -> tuple[type, ...]:
     """The layer classes that have a binarising handler, in registration order."""
     return tuple(_LAYERS)

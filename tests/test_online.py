@@ -342,3 +342,25 @@ def test_tuple_outputs_need_output_fn_and_then_train_like_the_plain_model():
     torch.testing.assert_close(
         evaluate(paired, x, output_fn=lambda out: out[1]), evaluate(plain, x), rtol=0, atol=0
     )
+
+
+@pytest.mark.usefixtures("restore_registry")
+def test_reset_leaves_neurons_it_does_not_drive_alone():
+    """A refused neuron kept with online=False: reset clears the traces and the supported neurons,
+    and leaves the refused one to its own library."""
+
+    class Unsupported(LIF):
+        pass
+
+    bso_snn.refuse_neuron(Unsupported, "test neuron")
+    model = nn.Sequential(nn.Linear(6, 8), Unsupported(), nn.Linear(8, 8), LIF(), nn.Linear(8, 3))
+    with pytest.raises(TypeError, match="Unsupported is not supported by bso-snn: test neuron"):
+        bso_snn.convert(copy.deepcopy(model))
+    bso_snn.convert(model, lam=0.5, online=False)
+    model(torch.rand(4, 6) * 3).sum().backward()
+    assert model[2].bso_trace is not None
+    kept = model[1].v
+    bso_snn.reset(model)
+    assert model[2].bso_trace is None
+    assert model[1].v is kept  # untouched
+    assert model[3].v == model[3].v_initial  # the supported neuron is reset

@@ -169,5 +169,5 @@ def set_step_mode(model: nn.Module, step_mode: str) -> None:
             if getattr(module, "step_mode", None) in _STEP_MODES:
                 module.step_mode = step_mode
             module.bso_step_mode = step_mode
-        elif registry.neuron_support(module) is not None and hasattr(module, "step_mode"):
+        elif registry.registered_neuron_support(module) is not None and hasattr(module, "step_mode"):
             module.step_mode = step_mode

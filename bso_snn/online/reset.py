@@ -12,13 +12,15 @@ def reset(model: nn.Module, *optimizers) -> None:
     """Start a new sequence: clear every trace and neuron state in ``model`` (nested
     anywhere), and rewind the time index of each optimizer that has one (T-BSO).
 
-    Only ``model``'s own modules are touched, never other models in the process.
+    Only ``model``'s own modules are touched, never other models in the process. Neurons
+    bso-snn does not drive (refused classes, kept with ``convert(..., online=False)``) are left
+    alone: reset them with their own library's reset.
     """
     for module in model.modules():
         if is_binary_layer(module):
             module.reset_trace()
             continue
-        support = registry.neuron_support(module)
+        support = registry.registered_neuron_support(module)
         if support is not None:
             support.reset(module)
     for optimizer in optimizers:
