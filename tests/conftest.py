@@ -25,3 +25,13 @@ def restore_registry():
     for table, old in zip(tables, saved, strict=True):
         table.clear()
         table.update(old)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for small training tests: on a shared 2-core machine two threads were
+    measured up to 25x slower (OpenMP waiting for a core). Restores the previous count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

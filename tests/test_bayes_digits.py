@@ -39,14 +39,6 @@ def _accuracy(model, x, y, noisy):
     return acc
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(("time_steps", "threshold"), [(1, 0.0), (4, 1.0)])
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_sbnn_learns_digits(one_thread, time_steps, threshold, p):

@@ -111,7 +111,7 @@ def _usage_error(capsys, argv):
         (["train", "--T", "two"], r"argument --T: 'two' is not a int"),
         (["train", "--epochs", "0"], r"argument --epochs: must be >= 1, got 0"),
         (["train", "--batch-size", "-3"], r"argument --batch-size: must be >= 1, got -3"),
-        (["train", "--lr", "0"], r"argument --lr: must be > 0, got 0"),
+        (["train", "--lr", "0"], r"argument --lr: must be a finite number > 0, got 0"),
         (["train", "--gamma=-1e-6"], r"argument --gamma: must be a finite number >= 0, got -1e-6"),
         (["train", "--gamma", "inf"], r"argument --gamma: must be a finite number >= 0, got inf"),
         (["train", "--optimizer", "fp", "--update", "realtime"], r"--update applies to tbso/bso only"),

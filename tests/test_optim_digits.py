@@ -32,15 +32,6 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads contend and run far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():

@@ -39,24 +39,21 @@ def _at_least_one(kind):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _finite_float(minimum: float, inclusive: bool):
+    """An argparse type: a finite float above ``minimum`` (or equal to it when ``inclusive``)."""
+    bound = f"{'>=' if inclusive else '>'} {minimum:g}"
 
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value >= minimum if inclusive else value > minimum
+        if not (above and value < math.inf):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,10 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="tbso/bso: step after every time step (realtime, default) or once per batch (accumulated)",
     )
     t.add_argument(
-        "--lr", type=_positive_float, default=1e-3, help="Adam learning rate of the float parameters"
+        "--lr",
+        type=_finite_float(0, inclusive=False),
+        default=1e-3,
+        help="Adam learning rate of the float parameters",
     )
     t.add_argument(
-        "--gamma", type=_non_negative_float, default=5e-7, help="BSO/T-BSO flip threshold (paper 5e-7)"
+        "--gamma",
+        type=_finite_float(0, inclusive=True),
+        default=5e-7,
+        help="BSO/T-BSO flip threshold (paper 5e-7)",
     )
     t.add_argument(
         "--width", type=_at_least_one(int), default=None, help="hidden width (mlp 256, conv 32 channels)"

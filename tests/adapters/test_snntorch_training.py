@@ -25,14 +25,7 @@ def digits():
     return load_dataset("digits")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models run fastest on one thread; on a shared, busy machine two threads were
-    measured 25x slower (OpenMP waiting for a core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp() -> nn.Sequential:
