@@ -125,6 +125,12 @@ def test_bad_arguments_exit_2_with_a_clear_message(capsys, argv, message):
     assert re.search(message, _usage_error(capsys, argv))
 
 
+def test_model_too_small_for_the_data_exits_2(tmp_path, capsys):
+    assert main(["train", "--model", "resnet18", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--model resnet18 does not fit --dataset digits" in err and "multiples of 16, got 8x8" in err
+
+
 def test_missing_data_exits_3_with_the_fetch_command(tmp_path, capsys):
     code = main(
         ["train", "--dataset", "mnist", "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "r")]
@@ -228,3 +234,10 @@ def test_fetch_subcommand_is_idempotent_on_present_files(tmp_path, capsys):
         (tmp_path / "mnist" / path.name).symlink_to(path.resolve())
     assert main(["fetch", "mnist", "--root", str(tmp_path), "--source", "web"]) == 0
     assert "already present and verified" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["vgg11"])
+def test_paper_model_trains_from_the_command_line(tmp_path, model, one_thread):
+    out, m = _train(tmp_path, "--model", model, "--width", "4", "--epochs", "1")
+    assert m["config"]["model"] == model and len(m["binary_layers"]) == 7
+    assert m["float_layers"] == ["0", "29"]

@@ -1,7 +1,7 @@
 """The ``bso-snn`` command: ``bso-snn train [...]`` and ``bso-snn fetch DATASET...``.
 
 Exit codes: 0 success; 1 fetch failed; 2 bad arguments (argparse usage errors: unknown dataset,
-model, ecosystem or optimizer, T/epochs/batch size < 1, ...); 3 dataset missing or corrupted;
+model, ecosystem or optimizer, T/epochs/batch size < 1, ...; a model that does not fit the data); 3 dataset missing or corrupted;
 4 output folder cannot be written (or already holds a run); 5 the chosen ecosystem's library
 is not installed.
 """
@@ -23,7 +23,7 @@ from .models import ECOSYSTEMS, MODELS
 OPTIMIZERS = ("tbso", "bso", "fp")
 UPDATES = ("realtime", "accumulated")
 DEFAULT_EPOCHS = {"digits": 10, "mnist": 1, "fashion-mnist": 1}
-EXIT_DATA, EXIT_OUTPUT, EXIT_ECOSYSTEM = 3, 4, 5
+EXIT_USAGE, EXIT_DATA, EXIT_OUTPUT, EXIT_ECOSYSTEM = 2, 3, 4, 5
 
 
 def _at_least_one(kind):
@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="BSO/T-BSO flip threshold (paper 5e-7)",
     )
     t.add_argument(
-        "--width", type=_at_least_one(int), default=None, help="hidden width (mlp 256, conv 32 channels)"
+        "--width",
+        type=_at_least_one(int),
+        default=None,
+        help="hidden width (mlp 256; conv 32 channels; vgg11/resnet18 64: the first conv's channels, the others scale)",
     )
     t.add_argument(
         "--threads",
@@ -166,7 +169,7 @@ def _summary(metrics: dict, out: Path) -> str:
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .models import EcosystemMissingError
+    from .models import EcosystemMissingError, ModelInputError
     from .train import TrainConfig, train
 
     if args.optimizer == "fp" and args.update is not None:
@@ -204,6 +207,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _error(str(exc), EXIT_DATA)
     except EcosystemMissingError as exc:
         return _error(str(exc), EXIT_ECOSYSTEM)
+    except ModelInputError as exc:
+        return _error(f"--model {args.model} does not fit --dataset {args.dataset}: {exc}", EXIT_USAGE)
     finally:
         torch.set_num_threads(threads)  # train() sets --threads; callers of main() get theirs back
     print(_summary(metrics, out))

@@ -33,7 +33,7 @@ from .. import checkpoint, convert, data, reset
 from ..convert import load_adapters
 from ..online import evaluate, train_step
 from ..summary import summary
-from .models import build_model
+from .models import build_model, convert_filter
 
 
 @dataclass
@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, out: Path, log=print) -> dict:
         load_adapters(model)  # registers the library's neurons so bso_snn.reset can reset them
         report = None
     else:
-        report = convert(model)
+        report = convert(model, filter_fn=convert_filter(cfg.model))
         log(str(report))
     optimizer, bin_opt, index_names = _make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
