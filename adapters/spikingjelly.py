@@ -4,7 +4,7 @@ registers SpikingJelly's classes with the bso-snn registry.
 
 What it registers (exact classes; see ``docs/spikingjelly.md``):
 
-* layers ``layer.Linear``, ``layer.Conv1d``, ``layer.Conv2d`` -> sign-weight layers that keep
+* layers ``layer.Linear``, ``layer.Conv1d``, ``layer.Conv2d``, ``layer.Conv3d`` -> sign-weight layers that keep
   ``step_mode`` (``'m'`` takes ``[T, N, *]``); ``layer.WSLinear`` / ``layer.WSConv2d`` (2.0.0)
   are refused: weight standardisation of ±1 weights gives non-binary effective weights;
 * neurons ``IFNode`` (``lam = 1``), ``LIFNode`` (``lam = 1 - 1/tau``), ``ParametricLIFNode``
@@ -80,13 +80,41 @@ SLTT_NEURON_REFUSAL = (
     "instead (convert puts it in online mode)"
 )
 
+PSN_REFUSAL = (
+    "a parallel spiking neuron computes all T steps at once from a learnable mixing over time and "
+    "carries no membrane from one step to the next, so it cannot run online one step at a time; "
+    "replace it with neuron.LIFNode (or neuron.IFNode) before converting"
+)
+OUTSIDE_BASENODE_REFUSAL = (
+    "it is not a subclass of SpikingJelly's BaseNode, so bso-snn cannot tell which state it carries "
+    "between steps or how to detach it; replace it with neuron.IFNode / LIFNode / ParametricLIFNode, "
+    "or, if its state is only SpikingJelly memories and one-step calls give the same result, "
+    "register it with bso_snn.adapters.spikingjelly.memory_neuron_support(decay=...)"
+)
+
+
+def _neurons_outside_basenode() -> list[type]:
+    """Every neuron class of the installed release that does not subclass ``BaseNode`` (nor
+    2.0.0's ``SimpleBaseNode``): the PSN family, ``GatedLIFNode``, the ``NonSpiking`` and ``ILC``
+    nodes, ... (found by walking ``spikingjelly.activation_based.neuron``, so a release's new
+    classes are covered too)."""
+    bases = tuple(getattr(neuron, n) for n in ("BaseNode", "SimpleBaseNode") if hasattr(neuron, n))
+    return [
+        cls
+        for cls in vars(neuron).values()
+        if isinstance(cls, type)
+        and issubclass(cls, nn.Module)
+        and not issubclass(cls, bases)
+        and cls.__module__.startswith("spikingjelly.")
+    ]
+
 
 def _lif_decay(node: nn.Module) -> float:
     return 1.0 - 1.0 / float(node.tau)
 
 
 def _register() -> None:
-    for cls in (layer.Linear, layer.Conv1d, layer.Conv2d):
+    for cls in (layer.Linear, layer.Conv1d, layer.Conv2d, layer.Conv3d):
         register_layer(cls, binarize_layer)
     for name in ("WSConv2d", "WSLinear"):  # only in 2.0.0 (and the unreleased classic master)
         cls = getattr(layer, name, None)
@@ -102,6 +130,9 @@ def _register() -> None:
     for name in ("BaseNode", "SimpleBaseNode"):  # SimpleBaseNode: 2.0.0 only
         if hasattr(neuron, name):
             refuse_neuron(getattr(neuron, name), OTHER_NEURON_REFUSAL)
+    for cls in _neurons_outside_basenode():
+        psn = cls.__name__.endswith("PSN")
+        refuse_neuron(cls, PSN_REFUSAL if psn else OUTSIDE_BASENODE_REFUSAL)
     if not CLASSIC:  # SpikingJelly's own online neurons
         refuse_neuron(neuron.OTTTLIFNode, OTTT_NEURON_REFUSAL)
         refuse_neuron(neuron.SLTTLIFNode, SLTT_NEURON_REFUSAL)

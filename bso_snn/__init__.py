@@ -8,7 +8,8 @@ second method, Bayesian binary/spiking networks (Walker et al., IW-ST estimators
 """
 
 from . import (
-    _torch_layers,  # noqa: F401  (registers nn.Linear / Conv1d / Conv2d)
+    _torch_layers,  # noqa: F401  (registers nn.Linear / Conv1d / Conv2d / Conv3d)
+    adapters,  # noqa: F401  (declares the SpikingJelly and snnTorch adapters; imports neither library)
     bayes,
     neurons,
     online,

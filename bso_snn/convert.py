@@ -9,6 +9,7 @@ import numbers
 from collections.abc import Callable
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from . import registry
@@ -16,11 +17,6 @@ from .layers import is_binary_layer
 
 FilterFn = Callable[[nn.Module, str], bool]
 
-# Root package of a module's class -> the adapter that registers that library's classes.
-_ADAPTERS = {
-    "spikingjelly": "bso_snn.adapters.spikingjelly",
-    "snntorch": "bso_snn.adapters.snntorch",
-}
 _TRACE_MODES = ("ottt", "ndot")
 
 
@@ -60,22 +56,36 @@ class ConversionReport:
 
 
 def load_adapters(model: nn.Module) -> list[ModuleType]:
-    """Import (and return) the adapter of every neuron library whose modules appear in ``model``."""
+    """Import (and return) the adapter of every library whose modules appear in ``model``, as
+    declared with :func:`bso_snn.registry.register_adapter` (``bso_snn.adapters`` declares the
+    SpikingJelly and snnTorch ones)."""
     roots = {type(m).__module__.split(".")[0] for m in model.modules()}
-    return [importlib.import_module(_ADAPTERS[root]) for root in sorted(roots & _ADAPTERS.keys())]
+    return [importlib.import_module(name) for name in registry.adapter_modules(roots)]
 
 
-def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _weight_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
     """Weight layers (registered, refused, unregistered subclasses of registered ones, or already
-    converted) in definition order; a module shared in several places is listed once."""
+    converted) in definition order; a module shared in several places is listed once. Also the
+    layers with weights that no handler knows (name -> why they stay float)."""
     layers = [(name, m) for name, m in model.named_modules() if registry.is_weight_layer(m)]
+    unhandled = {}
+    for name, module in model.named_modules():
+        weights = registry.unhandled_weights(module)
+        if weights:
+            cls = type(module).__name__
+            unhandled[name] = (
+                f"no handler for {cls} (weights {', '.join(weights)}): register one with "
+                f"bso_snn.register_layer({cls}, handler); bso_snn.layers.binarize_layer serves plain "
+                f"Linear and non-transposed Conv layers only"
+            )
     if not layers:
         known = ", ".join(c.__name__ for c in registry.registered_layer_types())
+        also = f" (it has weight layers without a handler: {', '.join(unhandled)})" if unhandled else ""
         raise ValueError(
-            f"convert found no weight layer in {type(model).__name__}: the registered layer types "
-            f"are {known}. Register your layer class with bso_snn.register_layer(cls, handler)."
+            f"convert found no weight layer in {type(model).__name__}{also}: the registered layer "
+            f"types are {known}. Register your layer class with bso_snn.register_layer(cls, handler)."
         )
-    return layers
+    return layers, unhandled
 
 
 def _keep(filter_fn: FilterFn, module: nn.Module, name: str) -> bool:
@@ -102,7 +112,7 @@ class _Plan:
 
 def _plan(model: nn.Module, skip_first_last: bool, filter_fn: FilterFn | None) -> _Plan:
     """Decide every layer's fate without touching the model (errors leave it unchanged)."""
-    layers = _weight_layers(model)
+    layers, unhandled = _weight_layers(model)
     plan = _Plan([], [], ConversionReport())
     last = len(layers) - 1
     for index, (name, module) in enumerate(layers):
@@ -118,6 +128,10 @@ def _plan(model: nn.Module, skip_first_last: bool, filter_fn: FilterFn | None) -
             plan.convert.append((name, module, registry.layer_handler(module)))
             plan.binary.append(module)
             plan.report.converted.append(name)
+    if unhandled:  # report every float layer, in definition order
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        skipped = {**plan.report.skipped, **unhandled}
+        plan.report.skipped = dict(sorted(skipped.items(), key=lambda item: order[item[0]]))
     if not plan.report.converted:
         reasons = "; ".join(f"{n}: {why}" for n, why in plan.report.skipped.items())
         raise ValueError(
@@ -219,20 +233,58 @@ def convert(
     lam = float(lam) if lam is not None else _infer_lam(neurons)
     report = plan.report
     report.lam, report.trace, report.model = lam, trace, model
-    for _, module, handler in plan.convert:
-        handler(module)
-    for module in plan.binary:
-        module.bso_lam = lam
-        module.bso_trace_mode = trace
-    if online:
-        for name, module, support in neurons:
-            support.make_online(module)
-            report.online_neurons.append(name)
-    for adapter in adapters:  # library-specific finishing touches (e.g. SpikingJelly's reset_net)
-        finish = getattr(adapter, "after_convert", None)
-        if finish is not None:
-            finish(model)
+    snapshot = _Snapshot(model, [module for _, module, _ in plan.convert])
+    try:
+        for _, module, handler in plan.convert:
+            handler(module)
+        for module in plan.binary:
+            module.bso_lam = lam
+            module.bso_trace_mode = trace
+        if online:
+            for name, module, support in neurons:
+                support.make_online(module)
+                report.online_neurons.append(name)
+        for adapter in adapters:  # library-specific finishing touches (e.g. SpikingJelly's reset_net)
+            finish = getattr(adapter, "after_convert", None)
+            if finish is not None:
+                finish(model)
+    except BaseException:
+        snapshot.restore()
+        raise
     return report
+
+
+class _Snapshot:
+    """Enough of a model's state to undo a failed conversion: every module's class and attribute
+    dictionary (with its parameter, buffer and child tables copied), and the values of the
+    parameters and buffers of the layers about to be converted (handlers write them in place)."""
+
+    _TABLES = ("_parameters", "_buffers", "_modules")
+
+    def __init__(self, model: nn.Module, layers: list[nn.Module]) -> None:
+        self.modules = [(m, type(m), self._copy_dict(m.__dict__)) for m in model.modules()]
+        self.values = [
+            (t, t.detach().clone())
+            for layer in layers
+            for t in (*layer.parameters(recurse=False), *layer.buffers(recurse=False))
+        ]
+
+    @classmethod
+    def _copy_dict(cls, attributes: dict) -> dict:
+        copied = dict(attributes)
+        for table in cls._TABLES:
+            if table in copied:
+                copied[table] = dict(copied[table])
+        return copied
+
+    def restore(self) -> None:
+        for module, cls, attributes in self.modules:
+            module.__class__ = cls
+            module.__dict__.clear()
+            module.__dict__.update(self._copy_dict(attributes))
+        with torch.no_grad():
+            for tensor, value in self.values:
+                tensor.copy_(value)
 
 
 def _check_arguments(model, lam, trace, skip_first_last, filter_fn, online, inplace) -> None:

@@ -19,7 +19,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def restore_registry():
     """For tests that register throw-away classes: leave the global registry as it was."""
-    tables = (registry._LAYERS, registry._NEURONS, registry._REFUSED, registry._REFUSED_NEURONS)
+    tables = (
+        registry._LAYERS,
+        registry._NEURONS,
+        registry._REFUSED,
+        registry._REFUSED_NEURONS,
+        registry._ADAPTERS,
+    )
     saved = [dict(table) for table in tables]
     yield
     for table, old in zip(tables, saved, strict=True):

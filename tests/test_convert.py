@@ -441,3 +441,77 @@ def test_everything_skipped_is_an_error():
         r"Pass skip_first_last=False",
     ):
         convert(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), lam=0.5)
+
+
+def test_report_lists_weight_layers_without_a_handler_in_order():
+    model = nn.Sequential(
+        nn.Linear(4, 4),
+        nn.ConvTranspose2d(1, 1, 2),
+        nn.Linear(4, 4),
+        nn.Embedding(5, 4),
+        nn.Conv3d(1, 1, 1),
+        nn.BatchNorm1d(4),  # a 1-D weight: a norm, not a weight layer
+        nn.Linear(4, 4),
+    )
+    transposed_weight = model[1].weight.detach().clone()
+    report = convert(model, lam=0.5)
+    assert report.converted == ["2", "4"]  # Conv3d is registered
+    assert list(report.skipped) == ["0", "1", "3", "6"]
+    assert report.skipped["1"] == (
+        "no handler for ConvTranspose2d (weights weight): register one with "
+        "bso_snn.register_layer(ConvTranspose2d, handler); bso_snn.layers.binarize_layer serves plain "
+        "Linear and non-transposed Conv layers only"
+    )
+    assert report.skipped["3"].startswith("no handler for Embedding (weights weight)")
+    assert "float    1  (no handler for ConvTranspose2d" in str(report)
+    assert torch.equal(model[1].weight, transposed_weight) and not is_binary_layer(model[1])
+
+
+def test_conv3d_is_converted_and_traced():
+    torch.manual_seed(0)
+    layer = nn.Conv3d(2, 3, 3, padding=1)
+    convert(nn.Sequential(layer), lam=0.5, skip_first_last=False)
+    x = (torch.rand(2, 2, 4, 4, 4) > 0.5).float()
+    layer(x).sum().backward()
+    expected = torch.nn.grad.conv3d_weight(x, layer.weight.shape, torch.ones(2, 3, 4, 4, 4), padding=1)
+    assert is_binary_tensor(layer.weight) and torch.allclose(layer.weight.grad, expected, atol=1e-5)
+
+
+class _Failing(nn.Linear):
+    pass
+
+
+def test_handler_raising_mid_way_leaves_the_model_exactly_as_it_was():
+    calls = []
+
+    def fail_on_second(module):
+        calls.append(module)
+        if len(calls) == 2:
+            raise RuntimeError("handler broke")
+        binarize_layer(module)
+
+    register_layer(_Failing, fail_on_second)
+    register_neuron(
+        ToyNeuron,
+        NeuronSupport(
+            make_online=lambda m: setattr(m, "online", True),
+            is_online=lambda m: m.online,
+            decay=lambda m: m.decay,
+            reset=lambda m: None,
+        ),
+    )
+    model = nn.Sequential(
+        nn.Linear(4, 4), _Failing(4, 4), ToyNeuron(0.5), _Failing(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+    )
+    state = copy.deepcopy(model.state_dict())
+    classes = [type(m) for m in model.modules()]
+    attributes = [sorted(vars(m)) for m in model.modules()]
+    with pytest.raises(RuntimeError, match="handler broke"):
+        convert(model, lam=0.5)
+    assert len(calls) == 2  # the first _Failing layer was binarised before the second one failed
+    _assert_untouched(model, state)
+    assert [type(m) for m in model.modules()] == classes
+    assert [sorted(vars(m)) for m in model.modules()] == attributes
+    assert not model[2].online and not any(is_binary_layer(m) for m in model.modules())
+    model(torch.rand(2, 4)).sum().backward()  # still an ordinary float model
+    assert not is_binary_tensor(model[1].weight)

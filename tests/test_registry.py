@@ -24,7 +24,9 @@ def test_torch_layers_are_registered_by_exact_type():
     assert set(registry.registered_layer_types()) >= {nn.Linear, nn.Conv1d, nn.Conv2d}
     assert layer_handler(nn.Conv2d(1, 1, 1)) is binarize_layer
     assert layer_handler(nn.ReLU()) is None and not is_weight_layer(nn.ReLU())
-    assert layer_handler(nn.Conv3d(1, 1, 1)) is None  # not registered: left alone
+    assert layer_handler(nn.ConvTranspose2d(1, 1, 1)) is None  # not registered: left float
+    assert registry.unhandled_weights(nn.ConvTranspose2d(1, 1, 1)) == ["weight"]
+    assert registry.unhandled_weights(nn.Linear(1, 1)) == registry.unhandled_weights(nn.LayerNorm(3)) == []
     assert is_weight_layer(MyLinear(2, 2))
     with pytest.raises(
         TypeError, match=r"MyLinear subclasses torch\.nn\.modules\.linear\.Linear but has no entry"
@@ -117,3 +119,24 @@ def test_subclass_of_a_refused_class_is_refused_too():
         TypeError, match=r"OddChild subclasses .*Odd but has no entry in the bso-snn layer registry"
     ):
         layer_handler(OddChild())
+
+
+def test_adapter_table():
+    from bso_snn.convert import load_adapters
+
+    class FakeLibLayer(nn.Linear):
+        pass
+
+    FakeLibLayer.__module__ = "fakelib.layers"
+    model = nn.Sequential(nn.Linear(1, 1), FakeLibLayer(1, 1))
+    assert [m.__name__ for m in load_adapters(model)] == []  # the built-in table knows torch only
+    assert registry.adapter_modules({"snntorch", "torch", "spikingjelly"}) == [
+        "bso_snn.adapters.snntorch",
+        "bso_snn.adapters.spikingjelly",
+    ]
+    registry.register_adapter("fakelib", "json")  # any importable module stands for an adapter
+    assert [m.__name__ for m in load_adapters(model)] == ["json"]
+    with pytest.raises(ValueError, match=r"package='a\.b' must be a top-level package name"):
+        registry.register_adapter("a.b", "x")
+    with pytest.raises(TypeError, match=r"register_adapter: module must be a non-empty string, got ''"):
+        registry.register_adapter("a", "")

@@ -292,3 +292,18 @@ def test_neurons_inside_multi_step_container_are_online():
         grads.append([p.grad for p in net.parameters()])
     for contained, flat in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(contained, flat, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(neuron, "PSN"), reason="this SpikingJelly release has no PSN family")
+def test_neurons_outside_basenode_are_refused_by_name():
+    for make, reason in (
+        (lambda: neuron.PSN(T=2), r"PSN is not supported by bso-snn: a parallel spiking neuron"),
+        (lambda: neuron.SlidingPSN(k=2), r"SlidingPSN is not supported by bso-snn: a parallel spiking"),
+        (lambda: neuron.GatedLIFNode(T=2), r"GatedLIFNode is not supported by bso-snn: it is not a subclass"),
+    ):
+        model = nn.Sequential(nn.Linear(3, 3), make(), nn.Linear(3, 3), nn.Linear(3, 3))
+        state = copy.deepcopy(model.state_dict())
+        with pytest.raises(TypeError, match=reason):
+            bso_snn.convert(model, lam=0.5)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        assert not any(bso_snn.is_binary_layer(m) for m in model.modules())
