@@ -2,11 +2,11 @@
 # The README's test command:  bash scripts/test.sh [extra pytest args for run 1]
 #
 # From a fresh clone on a machine with only Python >= 3.11 and pip (network: package registries):
-#   1. create .venv and install torch (CPU, pinned first), bso-snn[dev], SpikingJelly 2.0.0 and
+#   1. create .venv and install torch (CPU, pinned first), bso-snn[dev,docs], SpikingJelly 2.0.0 and
 #      snnTorch 1.0.0, and the classic SpikingJelly 0.0.0.0.14 (+ CuPy, no GPU needed) into .deps/sj14;
 #   2. fetch MNIST + Fashion-MNIST into ./data (md5-checked; skipped when present);
-#   3. ruff check + ruff format --check;
-#   4. pytest run 1: the whole suite (SpikingJelly 2.0.0, snnTorch 1.0.0);
+#   3. ruff check + ruff format --check; the documentation site: mkdocs build --strict (into ./site);
+#   4. pytest run 1: the whole suite (SpikingJelly 2.0.0, snnTorch 1.0.0; it runs every docs page and tutorial);
 #      pytest run 2: the SpikingJelly adapter tests again against SpikingJelly 0.0.0.0.14;
 #      pytest run 3: the snnTorch adapter tests again against snnTorch 0.9.4.
 # Any failure, and a pytest run that collects no tests (exit code 5), fails the script.
@@ -59,7 +59,8 @@ else
     # torch first, pinned: the CPU build (a local wheel here). Anything unpinned may pull a multi-GB CUDA build.
     # Elsewhere: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/test.sh
     "$VPY" -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-    "$VPY" -m pip install -q -e '.[dev]'
+    # The docs tools are pinned in pyproject's docs extra and depend on nothing that touches torch.
+    "$VPY" -m pip install -q -e '.[dev,docs]'
     # SpikingJelly's core needs only numpy + loguru; its declared deps (torchvision, torchaudio, ...) are not needed.
     "$VPY" -m pip install -q --no-deps spikingjelly==2.0.0 'loguru>=0.7,<1' snntorch==1.0.0
     # The classic SpikingJelly release, importable only with PYTHONPATH=.deps/sj14 (pytest run 2).
@@ -81,6 +82,9 @@ phase "data (MNIST, Fashion-MNIST)"
 phase "lint (ruff)"
 "$VPY" -m ruff check .
 "$VPY" -m ruff format --check .
+
+phase "docs site (mkdocs --strict)"
+NO_MKDOCS_2_WARNING=1 "$VPY" -m mkdocs build --strict --quiet --site-dir site
 
 phase "pytest 1: suite"
 BSO_SNN_REQUIRE_DATA=1 BSO_SNN_EXPECT_SPIKINGJELLY=2.0.0 BSO_SNN_EXPECT_SNNTORCH=1.0.0 \
