@@ -52,13 +52,15 @@ def _dist_info(whl: Path, name: str) -> str:
 
 def test_every_source_module_ships(wheel):
     names = _names(wheel)
-    expected = {f"bso_snn/{p.relative_to(REPO / 'bso_snn')}" for p in (REPO / "bso_snn").rglob("*.py")}
+    sources = [*(REPO / "bso_snn").rglob("*.py"), *(REPO / "bso_snn").rglob("csrc/*.c*")]  # kernels too
+    expected = {f"bso_snn/{p.relative_to(REPO / 'bso_snn')}" for p in sources}
     expected |= {
         f"bso_snn/adapters/{p.relative_to(REPO / 'adapters')}" for p in (REPO / "adapters").rglob("*.py")
     }
     missing = sorted(expected - names)
     assert not missing, (
-        f"not in the wheel (add the package to [tool.setuptools] packages in pyproject.toml): {missing}"
+        f"not in the wheel (add the package to [tool.setuptools] packages, or the files to "
+        f"[tool.setuptools.package-data], in pyproject.toml): {missing}"
     )
 
 
