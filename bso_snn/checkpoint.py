@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._atomic import atomic_write
 from ._classswap import original_class
 from .layers import is_binary_layer
 from .sign import is_binary_tensor
@@ -129,20 +129,7 @@ def packed_size(model: nn.Module) -> int:
 def save_packed(model: nn.Module, path: PathLike) -> None:
     """Save ``model``'s ``state_dict`` with every binary weight at 1 bit (atomically)."""
     payload = _payload(model)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(
-        prefix=".bso-packed-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def _read(path: str) -> dict:

@@ -34,6 +34,7 @@ def test_train_tbso_writes_run_folder_and_a_checkpoint_that_reproduces_the_accur
     assert m["config"]["threads"] == 1 and torch.get_num_threads() == threads  # --threads is restored
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
         "flip_rate.png",
         "loss_acc.png",
         "metrics.json",
@@ -137,6 +138,7 @@ def test_missing_data_exits_3_with_the_fetch_command(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 3
+    assert not (tmp_path / "r").exists(), "a run that fails before training leaves no folder behind"
     assert "bso-snn: error: mnist not found under" in err
     assert f"python -m bso_snn.data fetch mnist --root {tmp_path / 'nodata'}" in err
 
@@ -181,7 +183,8 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
     out.mkdir()
     (out / "metrics.json").write_text("{}")
     assert main(["train", "--out", str(out)]) == 4
-    assert "already holds a run (metrics.json)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a finished run (metrics.json)" in err and "bso-snn train --resume RUN_DIR" in err
     assert (out / "metrics.json").read_text() == "{}"
 
 
@@ -196,6 +199,14 @@ def test_missing_ecosystem_library_exits_5(tmp_path):
     assert proc.returncode == 5
     assert "--ecosystem snntorch needs the snntorch package" in proc.stderr
     assert "pip install 'bso-snn[snntorch]'" in proc.stderr
+
+
+def test_version(capsys):
+    from bso_snn import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"bso-snn {__version__}"
 
 
 def test_real_process_exit_code_and_help():

@@ -280,8 +280,8 @@ def test_make_optimizer_builds_tbso_plus_sgd():
     "kwargs, message",
     [
         (dict(kind="tbso"), r"make_optimizer\(kind='tbso'\) needs time_steps=T"),
-        (dict(kind="bso", time_steps=4), r"time_steps is a T-BSO setting"),
-        (dict(kind="adam"), r"kind='adam' must be 'tbso' or 'bso'"),
+        (dict(kind="bso", time_steps=4), r"time_steps=4 is a T-BSO setting"),
+        (dict(kind="adam"), r"kind='adam' must be one of \('tbso', 'bso', 'fp'\)"),
     ],
 )
 def test_make_optimizer_refuses_bad_input(kwargs, message):

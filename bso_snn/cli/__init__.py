@@ -1,15 +1,19 @@
-"""The ``bso-snn`` command: ``bso-snn train [...]`` and ``bso-snn fetch DATASET...``.
+"""The ``bso-snn`` command: ``bso-snn train [...]``, ``bso-snn eval RUN_DIR|CHECKPOINT`` and
+``bso-snn fetch DATASET...``.
 
 Exit codes: 0 success; 1 fetch failed; 2 bad arguments (argparse usage errors: unknown dataset,
-model, ecosystem or optimizer, T/epochs/batch size < 1, ...; a model that does not fit the data); 3 dataset missing or corrupted;
+model, ecosystem or optimizer, T/epochs/batch size < 1, ...; a model that does not fit the data);
+3 dataset missing or corrupted;
 4 output folder cannot be written (or already holds a run); 5 the chosen ecosystem's library
-is not installed.
+is not installed; 6 a checkpoint or run folder to resume or evaluate is missing or unreadable;
+130 training was interrupted (SIGINT / SIGTERM) after writing ``checkpoint.pt``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +27,9 @@ from .models import ECOSYSTEMS, MODELS
 OPTIMIZERS = ("tbso", "bso", "fp")
 UPDATES = ("realtime", "accumulated")
 DEFAULT_EPOCHS = {"digits": 10, "mnist": 1, "fashion-mnist": 1}
-EXIT_USAGE, EXIT_DATA, EXIT_OUTPUT, EXIT_ECOSYSTEM = 2, 3, 4, 5
+EXIT_USAGE, EXIT_DATA, EXIT_OUTPUT, EXIT_ECOSYSTEM, EXIT_CHECKPOINT, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
+RESUME_KEEPS = ("threads", "data_root")
+"""Options a resumed run may set anew (where and how fast it runs, not what it computes)."""
 
 
 def _at_least_one(kind):
@@ -57,10 +63,13 @@ def _finite_float(minimum: float, inclusive: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="bso-snn", description="Train binary-weight spiking neural networks online with BSO / T-BSO."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,fetch}")
+    parser.add_argument("--version", action="version", version=f"bso-snn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,fetch}")
     t = commands.add_parser(
         "train",
         help="train a small SNN and write a run folder",
@@ -118,23 +127,80 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--data-root", default=None, help="data folder (default: $BSO_SNN_DATA, else ./data)")
     t.add_argument("--out", default=None, help="run folder (default: runs/<time>-<dataset>-<optimizer>)")
+    t.add_argument(
+        "--checkpoint-every",
+        type=_at_least_one(int),
+        default=None,
+        metavar="N",
+        help="also write RUN_DIR/checkpoint.pt every N batches (it is always written at each epoch's end)",
+    )
+    t.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the interrupted run in RUN_DIR from its checkpoint.pt, with its saved settings "
+        "(only --threads and --data-root may be given anew); ends bit-identical to an uninterrupted run",
+    )
+    e = commands.add_parser(
+        "eval",
+        help="test accuracy of a saved model",
+        description="Test accuracy of a run's model on its dataset: RUN_DIR (its model.bsosnn.pt / model.pt, "
+        "else checkpoint.pt), or one CHECKPOINT file (checkpoint.pt, or a packed model beside its metrics.json).",
+    )
+    e.add_argument("path", metavar="RUN_DIR|CHECKPOINT")
+    e.add_argument(
+        "--data-root", default=None, help="data folder (default: the run's, else $BSO_SNN_DATA, ./data)"
+    )
+    e.add_argument("--threads", type=_at_least_one(int), default=1, help="torch CPU threads (default 1)")
     f = commands.add_parser("fetch", help="fetch and md5-verify MNIST / Fashion-MNIST")
     add_fetch_arguments(f)
     return parser
 
 
-def _prepare_out(out: Path) -> str | None:
-    """Create ``out`` and check it is writable; returns an error message or None."""
+def _refuse_existing_run(out: Path) -> str | None:
+    """Why ``--out`` cannot take a new run, or None."""
+    from .runstate import CHECKPOINT
+
     if (out / "metrics.json").exists():
-        return f"--out {out} already holds a run (metrics.json); choose another folder or delete it"
+        return (
+            f"--out {out} already holds a finished run (metrics.json); choose another folder or delete it "
+            f"(bso-snn train --resume RUN_DIR continues an interrupted run, one with checkpoint.pt and no "
+            f"metrics.json)"
+        )
+    if (out / CHECKPOINT).exists():
+        return (
+            f"--out {out} holds an interrupted run ({CHECKPOINT}, no metrics.json); continue it with "
+            f"bso-snn train --resume {out}, or choose another folder"
+        )
+    return None
+
+
+def _prepare_out(out: Path) -> tuple[str | None, list[Path]]:
+    """Create ``out`` and check it is writable: ``(error message or None, folders created)``."""
+    problem = _refuse_existing_run(out)
+    if problem:
+        return problem, []
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        return f"cannot write the run folder --out {out}: {exc.strerror or exc}. Choose a writable folder with --out"
-    return None
+        _remove_empty(created)
+        return (
+            f"cannot write the run folder --out {out}: {exc.strerror or exc}. Choose a writable folder with --out"
+        ), []
+    return None, created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created, deepest first, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _error(message: str, code: int) -> int:
@@ -168,20 +234,41 @@ def _summary(metrics: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .models import EcosystemMissingError, ModelInputError
-    from .train import TrainConfig, train
+class _StopRequest:
+    """SIGINT / SIGTERM handler: the first signal asks training to stop after the current batch
+    (it then writes checkpoint.pt); a second one stops at once (KeyboardInterrupt)."""
 
-    if args.optimizer == "fp" and args.update is not None:
-        parser.error(
-            "--update applies to tbso/bso only; the fp baseline is trained with backprop through time"
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __call__(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"\nbso-snn: {signal.Signals(signum).name} received: finishing the current batch, then writing "
+            f"checkpoint.pt (send it again to stop at once, without a checkpoint)",
+            file=sys.stderr,
+            flush=True,
         )
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("runs") / f"{stamp}-{args.dataset}-{args.optimizer}"
-    problem = _prepare_out(out)
-    if problem:
-        return _error(problem, EXIT_OUTPUT)
-    cfg = TrainConfig(
+
+    def __enter__(self) -> _StopRequest:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    return TrainConfig(
         dataset=args.dataset,
         model=args.model,
         ecosystem=args.ecosystem,
@@ -196,20 +283,90 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         data_root=args.data_root,
         width=args.width,
         threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
     )
+
+
+def _resume_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """``(config, payload, out)`` of the run to resume, or ``(message, None, None)``."""
+    from .runstate import CHECKPOINT, RunCheckpointError, load_run
+    from .train import TrainConfig
+
+    defaults = vars(parser.parse_args(["train"]))
+    given = [
+        name
+        for name, value in vars(args).items()
+        if name not in ("command", "resume", *RESUME_KEEPS) and value != defaults[name]
+    ]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        parser.error(
+            f"--resume continues a run with the settings saved in its {CHECKPOINT}; drop {options} "
+            f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_KEEPS)} may be given anew)"
+        )
+    out = Path(args.resume)
+    if (out / "metrics.json").exists():
+        return f"--resume {out}: the run is complete (metrics.json exists); nothing to resume", None, None
+    try:
+        payload = load_run(out / CHECKPOINT)
+    except RunCheckpointError as exc:
+        return f"--resume {out}: {exc}", None, None
+    saved = dict(payload["config"])
+    try:
+        cfg = TrainConfig(**saved)
+    except TypeError as exc:
+        return f"--resume {out}: {CHECKPOINT} holds an unknown config ({exc})", None, None
+    cfg.threads = args.threads
+    if args.data_root is not None:
+        cfg.data_root = args.data_root
+    return cfg, payload, out
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .models import EcosystemMissingError, ModelInputError
+    from .runstate import CHECKPOINT
+    from .train import RunInterrupted, train
+
+    if args.optimizer == "fp" and args.update is not None:
+        parser.error(
+            "--update applies to tbso/bso only; the fp baseline is trained with backprop through time"
+        )
+    created: list[Path] = []
+    if args.resume is not None:
+        cfg, payload, out = _resume_config(args, parser)
+        if payload is None:
+            return _error(cfg, EXIT_CHECKPOINT)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else Path("runs") / f"{stamp}-{args.dataset}-{args.optimizer}"
+        problem, created = _prepare_out(out)
+        if problem:
+            return _error(problem, EXIT_OUTPUT)
+        cfg, payload = _config_from_args(args), None
     print(
         "bso-snn train " + " ".join(f"{k}={v}" for k, v in cfg.__dict__.items() if v is not None), flush=True
     )
+    if payload is not None:
+        print(f"resuming {out} at epoch {payload['epoch'] + 1}, step {payload['step']}", flush=True)
     threads = torch.get_num_threads()
     try:
-        metrics = train(cfg, out)
+        with _StopRequest() as stop:
+            metrics = train(cfg, out, resume=payload, stop=lambda: stop.received is not None)
+    except RunInterrupted as exc:
+        print(
+            f"bso-snn: interrupted after step {exc.step} (epoch {exc.epoch + 1}, batch {exc.batch}); the run "
+            f"is saved in {out / CHECKPOINT}.\nResume it with: bso-snn train --resume {out}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except (DatasetNotFoundError, DatasetChecksumError) as exc:
         return _error(str(exc), EXIT_DATA)
     except EcosystemMissingError as exc:
         return _error(str(exc), EXIT_ECOSYSTEM)
     except ModelInputError as exc:
-        return _error(f"--model {args.model} does not fit --dataset {args.dataset}: {exc}", EXIT_USAGE)
+        return _error(f"--model {cfg.model} does not fit --dataset {cfg.dataset}: {exc}", EXIT_USAGE)
     finally:
+        _remove_empty(created)  # a run that failed before its first checkpoint leaves no folder behind
         torch.set_num_threads(threads)  # train() sets --threads; callers of main() get theirs back
     print(_summary(metrics, out))
     return 0
@@ -220,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "fetch":
         return run_fetch(args)
+    if args.command == "eval":
+        from .evaluate import run_eval
+
+        return run_eval(args)
     return run_train(args, parser)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _pyplot():
@@ -14,7 +15,7 @@ def _pyplot():
     return plt
 
 
-def plot_loss_acc(history: list[dict], path: Path, title: str) -> None:
+def plot_loss_acc(history: list[dict], path: Path | BinaryIO, title: str) -> None:
     """Training loss (left) and train/test accuracy (right) per epoch."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
@@ -27,11 +28,11 @@ def plot_loss_acc(history: list[dict], path: Path, title: str) -> None:
     ax_acc.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
-def plot_flip_rate(trace: list[dict], path: Path, title: str) -> None:
+def plot_flip_rate(trace: list[dict], path: Path | BinaryIO, title: str) -> None:
     """Fraction of each binary layer's weights flipped per optimizer step, over training (log scale)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -46,5 +47,5 @@ def plot_flip_rate(trace: list[dict], path: Path, title: str) -> None:
         ax.text(0.5, 0.5, "no binary weights (full-precision baseline)", ha="center", va="center")
     ax.set(xlabel="epoch", ylabel="flips per weight per optimizer step", title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

@@ -6,21 +6,31 @@ Optimizers:
   last float, neurons online) and trained with ``bso_snn.online.train_step``: per time step a loss
   ``CE(output[t], y) / T`` and a backward through that step only (presynaptic traces). The binary
   weights are updated by T-BSO / BSO, everything else (first/last layer, BatchNorm) by Adam, through
-  one ``HybridOptimizer``. ``--update realtime`` steps after every time step (the paper's choice),
-  ``accumulated`` once per batch.
+  one ``HybridOptimizer`` built by ``bso_snn.optim.make_optimizer``. ``--update realtime`` steps
+  after every time step (the paper's choice), ``accumulated`` once per batch.
 - ``fp``: the full-precision baseline. The same network, not converted (float32 weights), trained
   by Adam with backprop through time (loss averaged over the T steps, one backward per batch).
 
 Inputs are direct-encoded: the image is the input current at each of the T time steps.
+
+Resuming: ``RUN_DIR/checkpoint.pt`` (:mod:`bso_snn.cli.runstate`) is written at the end of every
+epoch and every ``checkpoint_every`` batches; ``train(..., resume=payload)`` continues from it and
+ends bit-identical to an uninterrupted run. ``stop()`` is polled after every batch: when it
+returns True the checkpoint is written and :class:`RunInterrupted` is raised.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import math
+import os
 import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +40,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import checkpoint, convert, data, reset
-from ..convert import load_adapters
+from .._atomic import atomic_write, atomic_write_text
+from ..convert import ConversionReport, load_adapters
 from ..online import evaluate, train_step
 from ..summary import summary
+from . import runstate
 from .models import build_model, convert_filter
+
+TEST_HOLD_ENV = "BSO_SNN_TEST_HOLD_AT_STEP"
+"""Test hook: after batch number N (counted over the whole run, from 1) and its checkpoint, the
+run waits (up to 60 s) until ``stop()`` is True, so a test can interrupt it at a known point."""
 
 
 @dataclass
@@ -53,6 +69,15 @@ class TrainConfig:
     width: int | None = None
     threads: int = 1
     log_every: int = 10  # flip-rate samples per epoch
+    checkpoint_every: int | None = None  # batches between mid-epoch checkpoints (None: epoch ends only)
+
+
+class RunInterrupted(Exception):
+    """Training stopped on request after a batch; ``checkpoint.pt`` holds the state to resume from."""
+
+    def __init__(self, out: Path, epoch: int, batch: int, step: int) -> None:
+        super().__init__(f"interrupted after step {step} (epoch {epoch + 1}, batch {batch})")
+        self.out, self.epoch, self.batch, self.step = out, epoch, batch, step
 
 
 @dataclass
@@ -82,6 +107,44 @@ class FlipCounter:
         rates = {n: self.window.get(n, 0) / (numel[n] * max(self.window_steps, 1)) for n in numel}
         self.window, self.window_steps = {}, 0
         return rates
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("total", "window", "steps", "window_steps")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class Progress:
+    """Where the run is, and what it has measured so far (all of it goes into ``checkpoint.pt``)."""
+
+    epoch: int = 0  # epochs completed; the current epoch's index
+    batch: int = 0  # batches completed in the current epoch
+    step: int = 0  # batches completed in the whole run
+    loss_sum: float = 0.0  # current epoch, summed over samples
+    correct: int = 0
+    seen: int = 0
+    epoch_seconds: float = 0.0  # time spent in the current epoch before this process
+    seconds: float = 0.0  # time spent in earlier processes (resumed runs)
+    rss_before: float | None = None
+    history: list[dict] = field(default_factory=list)
+    flip_trace: list[dict] = field(default_factory=list)
+
+    def end_epoch(self) -> None:
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.loss_sum, self.correct, self.seen, self.epoch_seconds = 0.0, 0, 0, 0.0
+
+
+@dataclass
+class Setup:
+    """Everything a run is built from (identical for a fresh and a resumed run)."""
+
+    train_set: torch.utils.data.TensorDataset
+    test_set: torch.utils.data.TensorDataset
+    model: nn.Module
+    report: ConversionReport | None
 
 
 def peak_rss_mb() -> float:
@@ -126,127 +189,232 @@ def _bptt_step(model, x, y, T, optimizer) -> tuple[float, torch.Tensor]:
     return loss.item(), outputs.detach().mean(0)
 
 
-def _make_optimizer(model: nn.Module, cfg: TrainConfig):
-    """``(optimizer to step, binary optimizer or None, {index: name} of the binary parameters)``."""
-    from ..optim import BSO, TBSO, HybridOptimizer, split_parameters
-
-    if cfg.optimizer == "fp":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr), None, {}
-    binary, real = split_parameters(model)
-    adam = torch.optim.Adam(real, lr=cfg.lr)
-    steps_per_sequence = cfg.T if cfg.update == "realtime" else 1
-    if cfg.optimizer == "tbso":
-        bin_opt = TBSO(binary, gamma=cfg.gamma, time_steps=steps_per_sequence)
-    else:
-        bin_opt = BSO(binary, gamma=cfg.gamma)
-    names = {id(p): n for n, p in model.named_parameters()}
-    index_names = {i: names[id(p)] for i, p in enumerate(binary)}
-    return HybridOptimizer(bin_opt, adam), bin_opt, index_names
-
-
-def train(cfg: TrainConfig, out: Path, log=print) -> dict:
-    """Train per ``cfg``; writes ``metrics.json``, ``loss_acc.png``, ``flip_rate.png``, ``model.bsosnn.pt`` to ``out``."""
-    from tqdm import tqdm
-
-    from .plots import plot_flip_rate, plot_loss_acc
-
-    torch.set_num_threads(cfg.threads)
+def build_setup(cfg: TrainConfig, log=print) -> Setup:
+    """Load the data and build (and, for tbso/bso, convert) the model, seeded by ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
-    t_start = time.perf_counter()
     train_set, test_set = data.load_dataset(cfg.dataset, cfg.data_root)
     x0, _ = train_set[0]
     num_classes = int(train_set.tensors[1].max()) + 1
     model = build_model(cfg.model, cfg.ecosystem, tuple(x0.shape), num_classes, cfg.width)
     if cfg.optimizer == "fp":
         load_adapters(model)  # registers the library's neurons so bso_snn.reset can reset them
-        report = None
-    else:
-        report = convert(model, filter_fn=convert_filter(cfg.model))
-        log(str(report))
-    optimizer, bin_opt, index_names = _make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer if cfg.optimizer == "fp" else optimizer.optimizers[1], T_max=cfg.epochs
+        return Setup(train_set, test_set, model, None)
+    report = convert(model, filter_fn=convert_filter(cfg.model))
+    log(str(report))
+    return Setup(train_set, test_set, model, report)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig):
+    """``(optimizer to step, binary optimizer or None, {index: name} of the binary parameters)``,
+    built by :func:`bso_snn.optim.make_optimizer` as a user would."""
+    from ..optim import make_optimizer
+
+    def adam(params):
+        return torch.optim.Adam(params, lr=cfg.lr)
+
+    if cfg.optimizer == "fp":
+        return make_optimizer(model, "fp", float_optimizer=adam), None, {}
+    time_steps = (cfg.T if cfg.update == "realtime" else 1) if cfg.optimizer == "tbso" else None
+    optimizer = make_optimizer(
+        model, cfg.optimizer, time_steps=time_steps, float_optimizer=adam, gamma=cfg.gamma
     )
+    bin_opt = optimizer.optimizers[0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    index_names = {i: names[id(p)] for i, p in enumerate(bin_opt.param_groups[0]["params"])}
+    return optimizer, bin_opt, index_names
+
+
+def _hold_for_test(step: int, stop: Callable[[], bool]) -> None:
+    if os.environ.get(TEST_HOLD_ENV) != str(step):
+        return
+    print(f"bso-snn: test hold after step {step}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + 60.0
+    while not stop() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def train(
+    cfg: TrainConfig,
+    out: Path,
+    log=print,
+    *,
+    resume: dict | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> dict:
+    """Train per ``cfg``; writes ``checkpoint.pt`` (every epoch end, every ``checkpoint_every``
+    batches), then ``metrics.json``, ``loss_acc.png``, ``flip_rate.png`` and the model
+    (``model.bsosnn.pt``, or ``model.pt`` for fp) to ``out``, each atomically.
+
+    ``resume``: a payload from :func:`bso_snn.cli.runstate.load_run` to continue from.
+    """
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    setup = build_setup(cfg, log)
+    model = setup.model
+    optimizer, bin_opt, index_names = _make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer.optimizers[-1], T_max=cfg.epochs)
     numel = {n: p.numel() for n, p in model.named_parameters() if n in index_names.values()}
     counter = FlipCounter(index_names, bin_opt) if bin_opt is not None else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen)
-    test_loader = DataLoader(test_set, batch_size=512)
-    rss_before = peak_rss_mb()
-    history: list[dict] = []
-    flip_trace: list[dict] = []
-    log_interval = max(1, len(train_loader) // cfg.log_every)
+    order = runstate.EpochOrder(len(setup.train_set), cfg.seed)
+    train_loader = DataLoader(
+        setup.train_set,
+        batch_size=cfg.batch_size,
+        sampler=order,
+        generator=torch.Generator().manual_seed(cfg.seed),  # the loader's own draws leave torch's RNG alone
+    )
+    test_loader = DataLoader(setup.test_set, batch_size=512)
+    batches = math.ceil(len(setup.train_set) / cfg.batch_size)
+    progress = Progress()
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["schedulers"]["lr"])
+        if counter is not None:
+            counter.load_state_dict(resume["progress"]["flip_counter"])
+        progress = Progress(**resume["progress"]["loop"])
+        runstate.set_rng_state(resume["rng"])
+    if progress.rss_before is None:
+        progress.rss_before = peak_rss_mb()
+    log_interval = max(1, batches // cfg.log_every)
+
+    def save_checkpoint() -> None:
+        runstate.save_run(
+            out / runstate.CHECKPOINT,
+            {
+                "config": dataclasses.asdict(cfg),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedulers": {"lr": scheduler.state_dict()},
+                "rng": runstate.rng_state(),
+                "data_order": {"epoch": progress.epoch, "batch": progress.batch},
+                "epoch": progress.epoch,
+                "step": progress.step,
+                "progress": {
+                    "loop": dataclasses.asdict(
+                        dataclasses.replace(
+                            progress,
+                            seconds=progress.seconds + time.perf_counter() - t_start,
+                            epoch_seconds=progress.epoch_seconds + time.perf_counter() - t_epoch,
+                        )
+                    ),
+                    "flip_counter": counter.state_dict() if counter else None,
+                },
+            },
+        )
+
+    def interrupt_if_asked(saved: bool) -> None:
+        _hold_for_test(progress.step, stop)
+        if stop():
+            if not saved:
+                save_checkpoint()
+            raise RunInterrupted(out, progress.epoch, progress.batch, progress.step)
+
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    while progress.epoch < cfg.epochs:
+        epoch = progress.epoch
         t_epoch = time.perf_counter()
-        loss_sum = correct = seen = 0
+        order.set_position(epoch, progress.batch * cfg.batch_size)
         bar = tqdm(
             train_loader,
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
+            initial=progress.batch,
+            total=batches,
             file=sys.stderr,
             mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line every 10 s
         )
-        for i, (x, y) in enumerate(bar, 1):
+        for x, y in bar:
             inputs = x.unsqueeze(0).expand(cfg.T, *x.shape)
             if cfg.optimizer == "fp":
                 loss, output = _bptt_step(model, x, y, cfg.T, optimizer)
             else:
                 result = train_step(model, inputs, y, F.cross_entropy, optimizer, update=cfg.update)
                 loss, output = result.loss, result.output
-            loss_sum += loss * len(y)
-            correct += (output.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-            if counter is not None and (i % log_interval == 0 or i == len(train_loader)):
+            progress.loss_sum += loss * len(y)
+            progress.correct += (output.argmax(1) == y).sum().item()
+            progress.seen += len(y)
+            progress.batch += 1
+            progress.step += 1
+            i = progress.batch
+            bar.set_postfix(
+                loss=f"{progress.loss_sum / progress.seen:.3f}", acc=f"{progress.correct / progress.seen:.3f}"
+            )
+            if counter is not None and (i % log_interval == 0 or i == batches):
                 rates = counter.take_window(numel)
-                flip_trace.append({"epoch": epoch - 1 + i / len(train_loader), "rate": rates})
+                progress.flip_trace.append({"epoch": epoch + i / batches, "rate": rates})
+            if i < batches:  # the epoch's last batch is checkpointed with the epoch's end below
+                due = bool(cfg.checkpoint_every) and progress.step % cfg.checkpoint_every == 0
+                if due:
+                    save_checkpoint()
+                interrupt_if_asked(saved=due)
+        bar.close()
         scheduler.step()
         test_acc = _accuracy(model, test_loader, cfg.T)
-        history.append(
+        seconds = progress.epoch_seconds + time.perf_counter() - t_epoch
+        progress.history.append(
             {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,  # online: outputs while the weights are being updated
-                "train_acc": correct / seen,
+                "epoch": epoch + 1,
+                "train_loss": progress.loss_sum / progress.seen,  # online: outputs while the weights change
+                "train_acc": progress.correct / progress.seen,
                 "test_acc": test_acc,
-                "seconds": time.perf_counter() - t_epoch,
+                "seconds": seconds,
                 "flips": dict(counter.total) if counter else {},
             }
         )
         log(
-            f"epoch {epoch}: train loss {loss_sum / seen:.4f}  train acc {correct / seen:.4f} (during updates)  "
-            f"test acc {test_acc:.4f}  ({time.perf_counter() - t_epoch:.0f} s)"
+            f"epoch {epoch + 1}: train loss {progress.loss_sum / progress.seen:.4f}  train acc "
+            f"{progress.correct / progress.seen:.4f} (during updates)  test acc {test_acc:.4f}  ({seconds:.0f} s)"
         )
-    train_seconds = time.perf_counter() - t_start
-    sizes = model_sizes(model)
+        progress.end_epoch()
+        t_epoch = time.perf_counter()
+        save_checkpoint()
+        interrupt_if_asked(saved=True)
+    train_seconds = progress.seconds + time.perf_counter() - t_start
+    return _write_results(cfg, out, setup, counter, numel, progress, train_seconds)
+
+
+def _write_results(cfg, out, setup, counter, numel, progress, train_seconds) -> dict:
+    """The model file, ``metrics.json`` and the two plots, each written atomically."""
+    from .plots import plot_flip_rate, plot_loss_acc
+
+    model, report = setup.model, setup.report
     ckpt = out / ("model.bsosnn.pt" if report is not None else "model.pt")
     if report is not None:
         checkpoint.save_packed(model, ckpt)
     else:
-        torch.save(model.state_dict(), ckpt)
+        state = model.state_dict()
+        atomic_write(ckpt, lambda f: torch.save(state, f))
+    history = progress.history
     metrics = {
         "config": cfg.__dict__,
         "test_acc": history[-1]["test_acc"],
         "epochs": history,
         "seconds_total": train_seconds,
-        "peak_rss_mb": {"before_training": rss_before, "end": peak_rss_mb()},
-        "model_size": sizes,
+        "peak_rss_mb": {"before_training": progress.rss_before, "end": peak_rss_mb()},
+        "model_size": model_sizes(model),
         "checkpoint": {"file": ckpt.name, "bytes": ckpt.stat().st_size, "bit_packed": report is not None},
         "binary_layers": report.converted if report else [],
         "float_layers": sorted(report.skipped) if report else "all (full-precision baseline)",
         "flips_per_layer": dict(counter.total) if counter else {},
         "weights_per_layer": numel,
         "optimizer_steps": counter.steps if counter else None,
-        "flip_rate_trace": flip_trace,
+        "flip_rate_trace": progress.flip_trace,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             **_ecosystem_version(cfg),
         },
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_loss_acc(history, out / "loss_acc.png", title=_title(cfg))
-    plot_flip_rate(flip_trace, out / "flip_rate.png", title=_title(cfg))
+    for name, plot, series in (
+        ("loss_acc.png", plot_loss_acc, history),
+        ("flip_rate.png", plot_flip_rate, progress.flip_trace),
+    ):
+        image = io.BytesIO()
+        plot(series, image, title=_title(cfg))
+        atomic_write(out / name, lambda f, image=image: f.write(image.getvalue()))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: marks the run done
     return metrics
 
 

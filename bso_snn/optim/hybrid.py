@@ -155,6 +155,11 @@ class HybridOptimizer:
         return f"HybridOptimizer(\n  {inner}\n)"
 
 
+KINDS = ("tbso", "bso", "fp")
+"""What :func:`make_optimizer` builds: T-BSO or BSO on the binary weights (plus a float optimizer
+on the rest), or ``'fp'``: the float optimizer on every parameter (an unconverted model)."""
+
+
 def make_optimizer(
     model: nn.Module,
     kind: str = "tbso",
@@ -163,17 +168,33 @@ def make_optimizer(
     float_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
     **binary_kwargs: Any,
 ) -> HybridOptimizer:
-    """BSO or T-BSO on ``model``'s binary parameters plus a float optimizer on the rest.
+    """The one place optimizer kinds are dispatched (``bso-snn train`` calls it too).
 
     Args:
-        model: a converted model.
-        kind: ``'tbso'`` or ``'bso'``.
-        time_steps: ``T``, required for ``'tbso'``.
+        model: a converted model (``'tbso'``, ``'bso'``) or any model (``'fp'``).
+        kind: ``'tbso'``, ``'bso'``: T-BSO / BSO on ``model``'s binary parameters plus
+            ``float_optimizer`` on the rest; ``'fp'``: ``float_optimizer`` on every trainable
+            parameter (the full-precision baseline).
+        time_steps: ``T``, required for ``'tbso'`` (and refused otherwise).
         float_optimizer: ``params -> Optimizer`` for the real parameters; default
             ``SGD(params, lr=0.1)`` (the paper's learning rate; add momentum, weight decay and a
             cosine schedule as you need). Not built when the model has no real parameter.
         **binary_kwargs: passed to :class:`BSO` / :class:`TBSO` (``gamma``, ``beta``/``betas``, ...).
     """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} must be one of {KINDS}")
+    if kind != "tbso" and time_steps is not None:
+        raise ValueError(
+            f"time_steps={time_steps!r} is a T-BSO setting; kind={kind!r} has no time index (use kind='tbso')"
+        )
+    build = float_optimizer or (lambda params: torch.optim.SGD(params, lr=0.1))
+    if kind == "fp":
+        if binary_kwargs:
+            raise ValueError(
+                f"make_optimizer(kind='fp') trains no binary weights; {sorted(binary_kwargs)} are BSO/T-BSO "
+                f"settings. Configure the float optimizer through float_optimizer=..."
+            )
+        return HybridOptimizer(build([p for p in model.parameters() if p.requires_grad]))
     binary, real = split_parameters(model)
     if kind == "tbso":
         if time_steps is None:
@@ -181,13 +202,8 @@ def make_optimizer(
                 "make_optimizer(kind='tbso') needs time_steps=T (the number of time steps per sequence)"
             )
         inner = [TBSO(binary, time_steps=time_steps, **binary_kwargs)]
-    elif kind == "bso":
-        if time_steps is not None:
-            raise ValueError("time_steps is a T-BSO setting; BSO has no time index (use kind='tbso')")
-        inner = [BSO(binary, **binary_kwargs)]
     else:
-        raise ValueError(f"kind={kind!r} must be 'tbso' or 'bso'")
+        inner = [BSO(binary, **binary_kwargs)]
     if real:
-        build = float_optimizer or (lambda params: torch.optim.SGD(params, lr=0.1))
         inner.append(build(real))
     return HybridOptimizer(*inner)
