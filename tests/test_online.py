@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -364,3 +365,24 @@ def test_reset_leaves_neurons_it_does_not_drive_alone():
     assert model[2].bso_trace is None
     assert model[1].v is kept  # untouched
     assert model[3].v == model[3].v_initial  # the supported neuron is reset
+
+
+@pytest.mark.gpu
+def test_train_step_synchronises_with_the_host_once_per_batch():
+    """The per-step losses stay on the GPU; with a torch optimizer (no flip statistics or
+    finiteness checks of its own) the only host sync of a batch is the final loss."""
+    device = torch.device("cuda")
+    model = nn.Sequential(nn.Linear(6, 8), LIF(), nn.Linear(8, 8), LIF(), nn.Linear(8, 3)).to(device)
+    bso_snn.convert(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, foreach=True)
+    x, y = torch.rand(4, 5, 6, device=device), torch.randint(0, 3, (5,), device=device)
+    train_step(model, x, y, nn.functional.cross_entropy, opt)  # warm-up (lazy initialisation)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_step(model, x, y, nn.functional.cross_entropy, opt)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]

@@ -122,7 +122,7 @@ def train_step(
     steps = inputs.shape[0]
     _start_sequence(model, optimizer)
     optimizer.zero_grad()
-    total_loss = 0.0
+    losses = []
     output_sum = None
     for t in range(steps):
         out = _forward_step(model, inputs, t, step_mode, output_fn)
@@ -131,10 +131,11 @@ def train_step(
         if update == "realtime":
             optimizer.step()
             optimizer.zero_grad()
-        total_loss += loss.item()
+        losses.append(loss.detach())  # kept on the device: no host sync inside the loop
         output_sum = out.detach() if output_sum is None else output_sum + out.detach()
     if update == "accumulated":
         optimizer.step()
+    total_loss = torch.stack(losses).double().sum().item()  # the batch's one host sync
     return StepResult(loss=total_loss / steps, output=output_sum / steps)
 
 
