@@ -288,7 +288,7 @@ def test_train_step_with_tbso_equals_hand_loop_and_flips_weights():
         x_seq, target = torch.rand(4, 8, 6) * 2, torch.randint(0, 3, (8,))
         opt.optimizers[0].set_time_step(2)  # train_step must rewind it
         train_step(net, x_seq, target, nn.functional.cross_entropy, opt)
-        assert opt.optimizers[0].time_step == 0  # 4 steps from 0 wrap around to 0
+        assert opt.optimizers[0].time_step == 4  # 4 steps from 0: the sequence is complete
         bso_snn.reset(reference, opt_ref)
         for t in range(4):
             opt_ref.zero_grad()

@@ -41,6 +41,14 @@ def make(kind: str, params, **kw):
     return BSO(params, **kw)
 
 
+def sequence_step(opt) -> None:
+    """``sequence_step(opt)``; a T-BSO optimizer is rewound first when its sequence is complete (what
+    ``bso_snn.reset(model, opt)`` does at the start of every sequence)."""
+    if isinstance(opt, TBSO) and opt.time_step == opt.param_groups[0]["time_steps"]:
+        opt.reset_time_step()
+    opt.step()
+
+
 def group_dicts(params, kind):
     """Three param groups with different hyperparameters (the last mixes float32 and float64)."""
     if kind == "bso":
@@ -88,8 +96,8 @@ def test_multi_tensor_matches_single_tensor_reference_bit_for_bit(kind, reset_mo
     for step in range(10):
         set_random_grads(fast_params, gen_fast, step)
         set_random_grads(ref_params, gen_ref, step)
-        fast.step()
-        ref.step()
+        sequence_step(fast)
+        sequence_step(ref)
         for p, q in zip(fast_params, ref_params, strict=True):
             assert_same_bits(p, q)
             assert fast.state[p].keys() == ref.state[q].keys()
@@ -112,10 +120,11 @@ def test_functional_flip_paths_agree_bit_for_bit(reset_momentum, workspace, monk
     ms = [torch.randn(s, generator=gen) for s in SHAPES]
     ws[-1], gs[-1], ms[-1] = ws[-1].t(), gs[-1].t(), ms[-1].t()
     assert not ws[-1].is_contiguous()
-    thresholds = [0.0, 0.5, torch.tensor(0.1), 1.0, torch.tensor(0.0), 0.2]
+    scales = [None, torch.tensor(0.5), torch.tensor(0.1), None, torch.tensor(3.0), torch.tensor(0.7)]
     w2, m2 = copy.deepcopy(ws), copy.deepcopy(ms)
-    counts_fast = F.flip_(ws, gs, ms, thresholds, beta=0.5, reset_momentum=reset_momentum, foreach=True)
-    counts_ref = F.flip_(w2, gs, m2, thresholds, beta=0.5, reset_momentum=reset_momentum, foreach=False)
+    kw = dict(gamma=0.3, beta=0.5, reset_momentum=reset_momentum)
+    counts_fast = F.flip_(ws, gs, ms, scales, **kw, foreach=True)
+    counts_ref = F.flip_(w2, gs, m2, scales, **kw, foreach=False)
     for a, b in zip(ws + ms, w2 + m2, strict=True):
         assert_same_bits(a, b)
     assert [int(c) for c in counts_fast] == [int(c) for c in counts_ref]
@@ -145,8 +154,9 @@ def test_bso_follows_the_paper_formula(foreach):
             decided = _decided(w, m, gamma)
             assert decided.float().mean() > 0.99
             w_new = torch.where(w * m > gamma, -w, w)  # flip where W*M > gamma
+            m.copy_(torch.where(w_new != w, 0.0, m))  # M <- 0 where a weight flipped (default)
             w.copy_(torch.where(decided, w_new, p.detach()))  # (undecided: nothing to compare)
-        opt.step()
+        sequence_step(opt)
         for p, w, m in zip(params, ref_w, ref_m, strict=True):
             torch.testing.assert_close(opt.state[p]["momentum"], m, rtol=1e-12, atol=1e-18)
             assert torch.equal(p.detach(), w)
@@ -155,7 +165,7 @@ def test_bso_follows_the_paper_formula(foreach):
 @pytest.mark.parametrize("foreach", [True, False])
 def test_tbso_follows_the_paper_formula(foreach):
     gen = torch.Generator().manual_seed(6)
-    gamma, beta1, beta2, eps, steps = 0.5, 0.9, 0.99, 1e-8, 3
+    gamma, beta1, beta2, eps, steps = 0.5, 0.9, 0.99, 1e-10, 3
     params = [binary_param(s, gen, torch.float64) for s in SHAPES]
     opt = TBSO(params, gamma=gamma, betas=(beta1, beta2), eps=eps, time_steps=steps, foreach=foreach)
     ref_w = [p.detach().clone() for p in params]
@@ -170,12 +180,12 @@ def test_tbso_follows_the_paper_formula(foreach):
             m.mul_(beta1).add_((1 - beta1) * g)
             mean_sq = sum(x * x for x in g.flatten().tolist()) / g.numel()
             ref_v[i][t] = beta2 * ref_v[i][t] + (1 - beta2) * mean_sq
-            threshold = gamma * math.sqrt(ref_v[i][t] + eps)
-            decided = _decided(w, m, threshold)
-            w_new = torch.where(w * m > threshold, -w, w)
+            scale = math.sqrt(ref_v[i][t]) + eps
+            decided = _decided(w, m / scale, gamma)
+            w_new = torch.where(w * m / scale > gamma, -w, w)
             flips += int((w_new != w).sum())
             w.copy_(torch.where(decided, w_new, p.detach()))
-        opt.step()
+        sequence_step(opt)
         for i, (p, w, m) in enumerate(zip(params, ref_w, ref_m, strict=True)):
             torch.testing.assert_close(opt.state[p]["momentum"], m, rtol=1e-12, atol=1e-18)
             torch.testing.assert_close(
@@ -192,23 +202,25 @@ def test_a_tie_keeps_its_sign_and_flips_are_strict(foreach, gamma):
     p = torch.nn.Parameter(torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]))
     opt = BSO([p], gamma=gamma, beta=0.0, foreach=foreach)
     p.grad = torch.tensor([gamma, -gamma, -0.0, 0.0, gamma + 0.5, -gamma - 0.5])
-    opt.step()
+    sequence_step(opt)
     assert p.tolist() == [1.0, -1.0, 1.0, -1.0, -1.0, 1.0]
     assert opt.flip_stats()[0].flips == 2
 
 
 @pytest.mark.parametrize("foreach", [True, False])
 def test_tbso_tie_at_its_temporal_threshold_keeps_its_sign(foreach):
+    # betas=(0, 0): M == G and v[0] == mean(G^2), so (W*M)/(sqrt(v)+eps) == 2/(2+eps) exactly
+    # when |G| == 2 everywhere; gamma is set to that very float.
+    eps = 2.0**-20
+    gamma = float(torch.tensor(2.0) / (torch.tensor(2.0) + eps))
     p = torch.nn.Parameter(torch.tensor([1.0, 1.0, -1.0, -1.0]))
-    opt = TBSO([p], gamma=1.0, betas=(0.0, 0.0), eps=0.0, time_steps=1, foreach=foreach)
-    p.grad = torch.tensor([2.0, -2.0, -2.0, 2.0])  # mean(G^2) = 4, threshold 2 = |W*M|
-    opt.step()
+    opt = TBSO([p], gamma=gamma, betas=(0.0, 0.0), eps=eps, time_steps=1, foreach=foreach)
+    p.grad = torch.tensor([2.0, -2.0, -2.0, 2.0])  # W*M = +2 for the 1st and 4th: a tie
+    sequence_step(opt)
     assert p.tolist() == [1.0, 1.0, -1.0, -1.0]
-    p.grad = torch.tensor([4.0, -4.0, -4.0, 4.0])  # mean 16 -> threshold 4, W*M = 4: still ties
-    opt.step()
-    assert p.tolist() == [1.0, 1.0, -1.0, -1.0]
-    p.grad = torch.tensor([4.0, 0.0, -4.0, 0.0])  # mean 8 -> threshold 2*sqrt(2) < 4
-    opt.step()
+    assert torch.equal(opt.state[p]["momentum"], p.grad)  # the tie also keeps its momentum
+    p.grad = torch.tensor([4.0, 0.0, -4.0, 0.0])  # mean 8 -> (W*M)/s = 4/(2*sqrt(2)+eps) > gamma
+    sequence_step(opt)
     assert p.tolist() == [-1.0, 1.0, 1.0, -1.0]
 
 
@@ -244,10 +256,11 @@ def _grads_from(data, params):
     ]
 
 
-def _threshold(opt, group, p, t):
+def _agreement(opt, group, p, w, m, t):
+    """``(W*M)/s``: ``s = sqrt(v[t]) + eps`` for T-BSO, no division for BSO."""
     if isinstance(opt, TBSO):
-        return torch.sqrt(opt.state[p]["v"][t] + group["eps"]) * group["gamma"]
-    return group["gamma"]
+        return w * m / (torch.sqrt(opt.state[p]["v"][t]) + group["eps"])
+    return w * m
 
 
 @HYP
@@ -269,6 +282,8 @@ def test_weights_stay_binary_and_flip_exactly_where_the_rule_says(
     opt = make(kind, params, gamma=gamma, reset_momentum=reset_momentum, foreach=foreach, **kw)
     group = opt.param_groups[0]
     for _ in range(n_steps):
+        if kind == "tbso" and group["time_step"] == group["time_steps"]:
+            opt.reset_time_step()
         t = group.get("time_step", 0)
         grads = _grads_from(data, params)
         old_w = [p.detach().clone() for p in params]
@@ -277,7 +292,7 @@ def test_weights_stay_binary_and_flip_exactly_where_the_rule_says(
             p.grad = g
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # T-BSO skips gradients whose square overflows
-            opt.step()
+            sequence_step(opt)
         stats = {s.index: s for s in opt.flip_stats()}
         for i, (p, w, m_old, g) in enumerate(zip(params, old_w, old_m, grads, strict=True)):
             assert is_binary_tensor(p)
@@ -285,7 +300,7 @@ def test_weights_stay_binary_and_flip_exactly_where_the_rule_says(
                 assert torch.equal(p, w)
                 continue
             m = m_old.lerp(g, 1 - (group["betas"][0] if kind == "tbso" else group["beta"]))
-            flip = w * m > _threshold(opt, group, p, t)
+            flip = _agreement(opt, group, p, w, m, t) > group["gamma"]
             assert torch.equal(p.detach(), torch.where(flip, -w, w))
             assert torch.equal(opt.state[p]["momentum"], torch.where(flip, 0.0, m) if reset_momentum else m)
             assert stats[i].flips == int(flip.sum()) == int((p != w).sum())
@@ -303,7 +318,7 @@ def test_no_flips_when_gamma_is_huge(kind, shape_list, n_steps, data):
             p.grad = torch.tensor(
                 data.draw(st.lists(st.floats(-1e3, 1e3), min_size=p.numel(), max_size=p.numel()))
             ).reshape(p.shape)
-        opt.step()
+        sequence_step(opt)
         assert all(s.flips == 0 for s in opt.flip_stats())
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
 
@@ -316,7 +331,7 @@ def test_state_holds_exactly_the_expected_keys_and_sizes(kind, shape_list, steps
     opt = make(kind, params, time_steps=steps) if kind == "tbso" else make(kind, params)
     for p, g in zip(params, has_grad, strict=True):
         p.grad = torch.randn_like(p) if g else None
-    opt.step()
+    sequence_step(opt)
     for p, g in zip(params, has_grad, strict=True):
         if not g:
             assert p not in opt.state
@@ -333,7 +348,7 @@ def test_state_holds_exactly_the_expected_keys_and_sizes(kind, shape_list, steps
 # ----------------------------------------------------------------------------- time index
 
 
-def test_step_k_uses_time_index_k_mod_T_and_can_be_set_and_reset():
+def test_step_k_uses_time_index_k_and_more_steps_than_T_raise():
     p = torch.nn.Parameter(torch.ones(4))
     opt = TBSO([p], time_steps=3)
 
@@ -345,8 +360,19 @@ def test_step_k_uses_time_index_k_mod_T_and_can_be_set_and_reset():
         assert len(changed) == 1
         return changed[0]
 
-    assert [step_and_updated_index() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
-    assert opt.time_step == 1
+    assert [step_and_updated_index() for _ in range(3)] == [0, 1, 2]
+    assert opt.time_step == 3
+    state = copy.deepcopy(opt.state_dict())
+    p.grad = torch.full((4,), 1e-2)
+    with pytest.raises(
+        RuntimeError,
+        match=r"more than time_steps=3 step\(\) calls in one sequence.*"
+        r"bso_snn.reset\(model, optimizer\)",
+    ):
+        opt.step()
+    assert str(opt.state_dict()) == str(state)  # nothing was updated
+    opt.reset_time_step()
+    assert [step_and_updated_index() for _ in range(3)] == [0, 1, 2]
     opt.set_time_step(2)
     assert step_and_updated_index() == 2
     opt.set_time_step(1)
@@ -382,7 +408,7 @@ def test_state_dict_round_trip_mid_training_continues_bit_identically(kind, fore
     gen = torch.Generator().manual_seed(8)
     for step in range(4):  # 4 is not a multiple of T=3: resume mid-sequence
         set_random_grads(params, gen, step)
-        opt.step()
+        sequence_step(opt)
     buffer = io.BytesIO()
     torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
@@ -394,8 +420,8 @@ def test_state_dict_round_trip_mid_training_continues_bit_identically(kind, fore
     for step in range(5):
         set_random_grads(params, gen_a, step)
         set_random_grads(resumed_params, gen_b, step)
-        opt.step()
-        resumed.step()
+        sequence_step(opt)
+        sequence_step(resumed)
         for p, q in zip(params, resumed_params, strict=True):
             assert_same_bits(p, q)
             for key in opt.state[p]:
@@ -414,7 +440,7 @@ def test_nonfinite_gradient_skips_that_parameter_and_warns(kind, bad):
     gen = torch.Generator().manual_seed(11)
     for step in range(2):
         set_random_grads(params, gen, step)
-        opt.step()
+        sequence_step(opt)
     before = copy.deepcopy(([p.detach() for p in params], {i: opt.state[p] for i, p in enumerate(params)}))
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen) * 1e-2
@@ -423,7 +449,7 @@ def test_nonfinite_gradient_skips_that_parameter_and_warns(kind, bad):
         UserWarning,
         match=r"non-finite gradient \(NaN or inf\) in parameter\(s\) \[1\] \(indices over all param groups\)",
     ):
-        opt.step()
+        sequence_step(opt)
     assert_same_bits(params[1].detach(), before[0][1])
     for key, value in before[1][1].items():
         assert_same_bits(opt.state[params[1]][key], value)
@@ -443,7 +469,7 @@ def test_nonfinite_raise_mode_updates_nothing(kind):
         FloatingPointError,
         match=r"parameter\(s\) \[6\] \(indices over all param groups\); nothing was updated",
     ):
-        opt.step()
+        sequence_step(opt)
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert not opt.state
 
@@ -453,7 +479,7 @@ def test_tbso_skips_a_finite_gradient_whose_square_overflows():
     opt = TBSO([p], time_steps=2)
     p.grad = torch.tensor([1e30, 0.0, 0.0])
     with pytest.warns(UserWarning, match="non-finite"):
-        opt.step()
+        sequence_step(opt)
     assert p not in opt.state  # v never became inf
 
 
@@ -471,7 +497,7 @@ def test_flip_stats_count_sign_changes_and_name_parameters():
     before = [p.detach().clone() for p in binary]
     for p in binary:
         p.grad = torch.randn_like(p)
-    opt.step()
+    sequence_step(opt)
     named = named_flip_stats(opt, model)
     assert list(named) == ["1.weight", "2.weight"]
     for p, b, stat in zip(binary, before, named.values(), strict=True):
@@ -551,7 +577,7 @@ def test_a_scheduler_setting_a_bad_value_is_caught_at_the_next_step():
     opt.param_groups[0]["gamma"] = -1e-3
     p.grad = torch.ones(3)
     with pytest.raises(ValueError, match=r"gamma=-0.001 must be"):
-        opt.step()
+        sequence_step(opt)
 
 
 def test_sparse_gradients_are_refused():
@@ -559,7 +585,7 @@ def test_sparse_gradients_are_refused():
     opt = BSO([p])
     p.grad = torch.ones(3).to_sparse()
     with pytest.raises(RuntimeError, match=r"BSO does not support sparse gradients \(parameter 0\)"):
-        opt.step()
+        sequence_step(opt)
 
 
 def test_step_with_closure_returns_the_loss_and_zero_grad_clears():
@@ -587,7 +613,7 @@ def test_nonfinite_gradients_in_several_groups_give_one_warning_per_step():
     params[5].grad.view(-1)[0] = math.nan
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        opt.step()
+        sequence_step(opt)
     assert [str(w.message).split(";")[0] for w in caught] == [
         "BSO: non-finite gradient (NaN or inf) in parameter(s) [0, 5] (indices over all param groups)"
     ]
@@ -599,5 +625,5 @@ def test_a_large_finite_half_precision_gradient_is_not_mistaken_for_non_finite()
     p.grad = torch.ones_like(p)  # its float16 sum (70000) would overflow float16
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        opt.step()
+        sequence_step(opt)
     assert opt.flip_stats()[0].flips == 70_000

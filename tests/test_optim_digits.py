@@ -46,7 +46,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     "make_optimizer",
     [
         pytest.param(lambda params: BSO(params, gamma=2e-5), id="bso"),
-        pytest.param(lambda params: TBSO(params, gamma=0.1, time_steps=T), id="tbso"),
+        pytest.param(lambda params: TBSO(params, gamma=5e-7, time_steps=T), id="tbso"),
     ],
 )
 def test_binary_snn_learns_digits(make_optimizer, one_thread):

@@ -1,23 +1,27 @@
 r"""The BSO / T-BSO update as pure functions on lists of tensors.
 
-One flip rule, for binary weights :math:`W \in \{-1, +1\}` and a threshold :math:`\theta \ge 0`:
+One flip rule, for binary weights :math:`W \in \{-1, +1\}`, a threshold :math:`\gamma \ge 0` and a
+positive scale :math:`s` per tensor:
 
 .. math::
     M &\leftarrow \beta M + (1 - \beta) G \\
-    W &\leftarrow \begin{cases} -W & \text{if } W \odot M > \theta \\ W & \text{otherwise} \end{cases}
+    W &\leftarrow \begin{cases} -W & \text{if } (W \odot M) / s > \gamma \\ W & \text{otherwise} \end{cases}
 
-(``W <- -sign(W*M - theta) * W`` with a tie ``W*M == theta`` keeping its sign). BSO uses
-:math:`\theta = \gamma`; T-BSO uses one threshold per layer and time step,
+optionally followed by :math:`M \leftarrow 0` where a weight flipped (``reset_momentum``). A tie
+``(W*M)/s == gamma`` keeps its sign. BSO uses :math:`s = 1` (no division at all); T-BSO uses one
+scale per layer and time step,
 
 .. math::
-    v[t] \leftarrow \beta_2 v[t] + (1 - \beta_2)\,\overline{G^2}, \qquad
-    \theta = \gamma \sqrt{v[t] + \epsilon},
+    v[t] \leftarrow \beta_2 v[t] + (1 - \beta_2)\,\overline{G^2}, \qquad s = \sqrt{v[t]} + \epsilon,
 
-with :math:`\overline{G^2}` the mean of the squared gradient over the whole tensor.
+with :math:`\overline{G^2}` the mean of the squared gradient over the whole tensor. These are the
+rules of the authors' code (repository hamingsi/BSO, ``modules/Bop.py``): BSO is its
+``reset=True`` branch, T-BSO its other branch (``docs/optimizers.md`` lists the deviations).
 
 Rounding, defined once and shared by both implementations: the momentum update is
 ``M.lerp_(G, 1 - beta)`` (the same formulation as ``torch.optim.Adam``'s first moment; equal to
-``beta*M + (1-beta)*G`` up to the last bit), ``W*M`` is exact because ``|W| = 1``, and
+``beta*M + (1-beta)*G`` up to the last bit), ``W*M`` is exact because ``|W| = 1`` (so
+``(W*M)/s == W*(M/s)``), the division by ``s`` is one IEEE division per element, and
 ``mean(G^2)`` is :func:`mean_square`. Each function has a plain single-tensor reference
 (``foreach=False``) and a multi-tensor implementation on ``torch._foreach_*`` ops, grouped by
 device and dtype (``foreach=True``, the default), which agree bit for bit (tested).
@@ -32,8 +36,9 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-Threshold = float | Tensor
-"""A Python float (BSO's gamma) or a 0-dim tensor on the parameter's device (T-BSO)."""
+Scale = Tensor | None
+"""T-BSO's ``sqrt(v[t]) + eps``: a positive 0-dim tensor on the parameter's device; ``None`` for
+BSO's ``s = 1`` (no division)."""
 
 
 def mean_square(grad: Tensor, dtype: torch.dtype) -> Tensor:
@@ -60,14 +65,16 @@ def _single_tensor_flip(
     params: list[Tensor],
     grads: list[Tensor],
     momenta: list[Tensor],
-    thresholds: list[Threshold],
+    scales: list[Scale],
+    gamma: float,
     beta: float,
     reset_momentum: bool,
 ) -> list[Tensor]:
     counts = []
-    for w, g, m, threshold in zip(params, grads, momenta, thresholds, strict=True):
+    for w, g, m, scale in zip(params, grads, momenta, scales, strict=True):
         m.lerp_(g, 1 - beta)
-        flip = w * m > threshold
+        agreement = w * m if scale is None else (w * m) / scale
+        flip = agreement > gamma
         w.copy_(torch.where(flip, -w, w))
         if reset_momentum:
             m.masked_fill_(flip, 0.0)
@@ -117,7 +124,8 @@ def _multi_tensor_flip(
     params: list[Tensor],
     grads: list[Tensor],
     momenta: list[Tensor],
-    thresholds: list[Threshold],
+    scales: list[Scale],
+    gamma: float,
     beta: float,
     reset_momentum: bool,
 ) -> list[Tensor]:
@@ -136,7 +144,10 @@ def _multi_tensor_flip(
             sizes = [w.numel() for w in ws]
             flips = [f.view(w.shape) for f, w in zip(workspace[: sum(sizes)].split(sizes), ws, strict=True)]
             for w, m, flip, i in zip(ws, ms_, flips, owner, strict=True):
-                torch.mul(w, m, out=flip).gt_(thresholds[i])  # 1.0 where W*M > threshold, else 0.0
+                torch.mul(w, m, out=flip)
+                if scales[i] is not None:
+                    flip.div_(scales[i])
+                flip.gt_(gamma)  # 1.0 where (W*M)/s > gamma, else 0.0
             torch._foreach_addcmul_(ws, ws, flips, value=-2.0)  # W - 2W*flip: exactly -W or W
             if reset_momentum:
                 torch._foreach_addcmul_(ms_, ms_, flips, value=-1.0)  # M - M*flip: exactly 0 or M
@@ -154,19 +165,22 @@ def flip_(
     params: list[Tensor],
     grads: list[Tensor],
     momenta: list[Tensor],
-    thresholds: list[Threshold],
+    scales: list[Scale] | None = None,
     *,
+    gamma: float,
     beta: float,
-    reset_momentum: bool = False,
+    reset_momentum: bool,
     foreach: bool = True,
 ) -> list[Tensor]:
-    """Update each momentum in place and flip each weight where ``W*M > threshold``.
+    """Update each momentum in place and flip each weight where ``(W*M)/s > gamma``.
 
     Args:
         params: binary weights (exactly ±1), updated in place.
         grads: their gradients.
         momenta: their momenta ``M``, updated in place.
-        thresholds: one threshold per parameter (float or 0-dim tensor), ``>= 0``.
+        scales: one positive scale ``s`` per parameter (a 0-dim tensor on its device, or
+            ``None`` for ``s = 1``); ``None`` for all: ``s = 1`` everywhere (BSO).
+        gamma: the flip threshold, ``>= 0``.
         beta: momentum decay.
         reset_momentum: set ``M`` to 0 where a weight flipped.
         foreach: multi-tensor implementation (True) or the single-tensor reference (False).
@@ -176,64 +190,54 @@ def flip_(
     """
     if not params:
         return []
+    if scales is None:
+        scales = [None] * len(params)
     impl = _multi_tensor_flip if foreach else _single_tensor_flip
-    return impl(params, grads, momenta, thresholds, beta, reset_momentum)
+    return impl(params, grads, momenta, scales, gamma, beta, reset_momentum)
 
 
-# --------------------------------------------------------------------------- T-BSO thresholds
+# --------------------------------------------------------------------------- T-BSO scales
 
 
-def _single_tensor_thresholds(
-    second_moments: list[Tensor],
-    mean_squares: list[Tensor],
-    time_step: int,
-    gamma: float,
-    beta2: float,
-    eps: float,
+def _single_tensor_scales(
+    second_moments: list[Tensor], mean_squares: list[Tensor], time_step: int, beta2: float, eps: float
 ) -> list[Tensor]:
-    thresholds = []
+    scales = []
     for v, mean_sq in zip(second_moments, mean_squares, strict=True):
         v_t = v[time_step]
         v_t.lerp_(mean_sq, 1 - beta2)
-        thresholds.append(torch.sqrt(v_t + eps) * gamma)
-    return thresholds
+        scales.append(torch.sqrt(v_t) + eps)
+    return scales
 
 
-def _multi_tensor_thresholds(
-    second_moments: list[Tensor],
-    mean_squares: list[Tensor],
-    time_step: int,
-    gamma: float,
-    beta2: float,
-    eps: float,
+def _multi_tensor_scales(
+    second_moments: list[Tensor], mean_squares: list[Tensor], time_step: int, beta2: float, eps: float
 ) -> list[Tensor]:
     v_t = [v[time_step] for v in second_moments]
     torch._foreach_lerp_(v_t, mean_squares, 1 - beta2)
-    thresholds = torch._foreach_add(v_t, eps)
-    torch._foreach_sqrt_(thresholds)
-    torch._foreach_mul_(thresholds, gamma)
-    return list(thresholds)
+    scales = torch._foreach_sqrt(v_t)
+    torch._foreach_add_(scales, eps)
+    return list(scales)
 
 
-def temporal_thresholds_(
+def temporal_scales_(
     second_moments: list[Tensor],
     mean_squares: list[Tensor],
     *,
     time_step: int,
-    gamma: float,
     beta2: float,
     eps: float,
     foreach: bool = True,
 ) -> list[Tensor]:
-    """T-BSO: update ``v[time_step]`` of each parameter in place and return its threshold
-    ``gamma * sqrt(v[time_step] + eps)`` (0-dim, on ``v``'s device).
+    """T-BSO: update ``v[time_step]`` of each parameter in place and return its scale
+    ``sqrt(v[time_step]) + eps`` (0-dim, on ``v``'s device).
 
     ``mean_squares`` are :func:`mean_square` of the gradients, in ``v``'s dtype.
     """
     if not second_moments:
         return []
-    impl = _multi_tensor_thresholds if foreach else _single_tensor_thresholds
-    return impl(second_moments, mean_squares, time_step, gamma, beta2, eps)
+    impl = _multi_tensor_scales if foreach else _single_tensor_scales
+    return impl(second_moments, mean_squares, time_step, beta2, eps)
 
 
 # --------------------------------------------------------------------------- the two updates
@@ -246,18 +250,13 @@ def bso(
     *,
     gamma: float,
     beta: float,
-    reset_momentum: bool = False,
+    reset_momentum: bool = True,
     foreach: bool = True,
 ) -> list[Tensor]:
-    """One BSO step in place; returns the flip count per parameter (see :func:`flip_`)."""
+    """One BSO step in place (flip where ``W*M > gamma``; by default the momentum of a flipped
+    weight is reset to 0, as in the authors' code); returns the flip count per parameter."""
     return flip_(
-        params,
-        grads,
-        momenta,
-        [gamma] * len(params),
-        beta=beta,
-        reset_momentum=reset_momentum,
-        foreach=foreach,
+        params, grads, momenta, None, gamma=gamma, beta=beta, reset_momentum=reset_momentum, foreach=foreach
     )
 
 
@@ -276,7 +275,8 @@ def tbso(
     reset_momentum: bool = False,
     foreach: bool = True,
 ) -> list[Tensor]:
-    """One T-BSO step at ``time_step`` in place; returns the flip count per parameter.
+    """One T-BSO step at ``time_step`` in place (flip where ``(W*M)/(sqrt(v[t]) + eps) > gamma``);
+    returns the flip count per parameter.
 
     ``second_moments`` are the per-parameter ``v`` vectors (length ``T``). ``mean_squares``
     may pass precomputed :func:`mean_square` values of ``grads`` (the optimizer computes them
@@ -284,9 +284,16 @@ def tbso(
     """
     if mean_squares is None:
         mean_squares = [mean_square(g, v.dtype) for g, v in zip(grads, second_moments, strict=True)]
-    thresholds = temporal_thresholds_(
-        second_moments, mean_squares, time_step=time_step, gamma=gamma, beta2=beta2, eps=eps, foreach=foreach
+    scales = temporal_scales_(
+        second_moments, mean_squares, time_step=time_step, beta2=beta2, eps=eps, foreach=foreach
     )
     return flip_(
-        params, grads, momenta, thresholds, beta=beta1, reset_momentum=reset_momentum, foreach=foreach
+        params,
+        grads,
+        momenta,
+        scales,
+        gamma=gamma,
+        beta=beta1,
+        reset_momentum=reset_momentum,
+        foreach=foreach,
     )

@@ -159,6 +159,7 @@ class _BinaryOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """Update momenta and flip weights; returns ``closure()``'s loss when given."""
+        self._check_sequence()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -207,6 +208,9 @@ class _BinaryOptimizer(torch.optim.Optimizer):
     ) -> list[Tensor]:
         raise NotImplementedError  # each subclass defines its update
 
+    def _check_sequence(self) -> None:
+        """Raise before anything is updated when the step does not fit the sequence (T-BSO)."""
+
     def _advance(self, group: dict[str, Any]) -> None:
         """Move the group's time index on after a step (T-BSO)."""
 
@@ -235,15 +239,20 @@ class BSO(_BinaryOptimizer):
 
     .. math::
         M \leftarrow \beta M + (1-\beta) G, \qquad
-        W \leftarrow -W \text{ where } W \odot M > \gamma \text{ (strictly), else } W.
+        W \leftarrow -W \text{ where } W \odot M > \gamma \text{ (strictly), else } W,
+
+    then :math:`M \leftarrow 0` where a weight flipped (``reset_momentum=True``, the default): the
+    authors' BSO (hamingsi/BSO, ``modules/Bop.py``, ``reset=True`` branch). A tie
+    :math:`W \odot M = \gamma` keeps its sign and its momentum (the authors' code would set the
+    weight to 0 and halve its momentum).
 
     Args:
         params: binary (±1) parameters or param-group dicts (e.g.
             ``bso_snn.binary_parameters(model)``); anything else is refused.
         gamma: flip threshold ``>= 0`` (paper: 5e-7; 1e-6 for DVS data).
         beta: momentum decay in ``[0, 1)`` (paper: ``1 - 1e-3``).
-        reset_momentum: set the momentum of a flipped weight to 0 (off, as in the paper's T-BSO
-            and in Bop).
+        reset_momentum: set the momentum of a flipped weight to 0 (default True, as the authors'
+            BSO; False keeps it, as in Bop).
         weight_decay: must be 0 (binary weights cannot decay); present to refuse it clearly.
         foreach: use the multi-tensor implementation (default) or the single-tensor reference.
         nonfinite: ``'skip'`` a parameter whose gradient has a NaN/inf (its weights and state are
@@ -260,7 +269,7 @@ class BSO(_BinaryOptimizer):
         gamma: float = 5e-7,
         beta: float = 1 - 1e-3,
         *,
-        reset_momentum: bool = False,
+        reset_momentum: bool = True,
         weight_decay: float = 0.0,
         foreach: bool = True,
         nonfinite: str = "skip",
@@ -289,24 +298,29 @@ class BSO(_BinaryOptimizer):
 class TBSO(_BinaryOptimizer):
     r"""Temporal-aware BSO (Liang et al., ICML 2025).
 
-    As :class:`BSO` with :math:`\beta_1`, and a threshold per layer and time step:
+    As :class:`BSO` with :math:`\beta_1`, and the momentum normalised per layer and time step:
 
     .. math::
         v[t] \leftarrow \beta_2 v[t] + (1-\beta_2)\,\mathrm{mean}(G^2), \qquad
-        W \leftarrow -W \text{ where } W \odot M > \gamma\sqrt{v[t] + \epsilon}.
+        W \leftarrow -W \text{ where } \frac{W \odot M}{\sqrt{v[t]} + \epsilon} > \gamma,
 
-    ``v`` holds ``time_steps`` scalars per parameter tensor, on its device. Step number ``k``
-    uses ``t = k mod time_steps``: the index moves on by one after every ``step()``.
-    ``reset_time_step()`` rewinds it to 0 (``bso_snn.reset(model, optimizer)`` calls it at the
-    start of each sequence) and ``set_time_step(t)`` sets the index the next step uses. For one
-    update per sequence (gradients accumulated over all time steps) use ``time_steps=1``.
+    the authors' T-BSO (hamingsi/BSO, ``modules/Bop.py``, the ``reset=False`` branch their
+    training loop calls; no momentum reset by default). A tie keeps its sign.
+
+    ``v`` holds ``time_steps`` scalars per parameter tensor, on its device. The time index moves
+    on by one after every ``step()``, from 0 up to ``time_steps - 1``; a further step in the same
+    sequence raises ``RuntimeError`` (it would use a wrong ``v[t]``), so rewind the index at the
+    start of each sequence: ``bso_snn.reset(model, optimizer)`` (or ``reset_time_step()``; the
+    training helper ``bso_snn.online.train_step`` does it). ``set_time_step(t)`` sets the index
+    the next step uses. With ``time_steps=1`` (one update per sequence, gradients accumulated
+    over all time steps) every step is the sequence's only one and no rewind is needed.
 
     Args:
         params: binary (±1) parameters or param-group dicts.
         gamma: base flip threshold ``>= 0`` (paper: 5e-7).
         betas: ``(beta1, beta2)``, momentum and second-moment decays in ``[0, 1)``
             (paper: ``(1 - 1e-3, 1 - 1e-5)``).
-        eps: ``>= 0``, added to ``v[t]`` under the square root (paper: 1e-8).
+        eps: ``> 0``, added to ``sqrt(v[t])`` (the authors' code: 1e-10).
         time_steps: ``T``, the number of time steps per sequence (required).
         reset_momentum, weight_decay, foreach, nonfinite: as in :class:`BSO`. A parameter is
             skipped as non-finite when ``mean(G^2)`` is not finite (a NaN/inf gradient, or one
@@ -320,7 +334,7 @@ class TBSO(_BinaryOptimizer):
         params: Iterable,
         gamma: float = 5e-7,
         betas: tuple[float, float] = (1 - 1e-3, 1 - 1e-5),
-        eps: float = 1e-8,
+        eps: float = 1e-10,
         *,
         time_steps: int,
         reset_momentum: bool = False,
@@ -355,7 +369,12 @@ class TBSO(_BinaryOptimizer):
         _check_number(
             "betas[1]", betas[1], 0.0, 1.0, high_open=True, hint="it is the decay of v (paper: 1-1e-5)"
         )
-        _check_number("eps", group["eps"], 0.0, math.inf, high_open=True, hint="paper: 1e-8")
+        eps = group["eps"]
+        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < math.inf):
+            raise ValueError(
+                f"eps={eps!r} must be a finite number > 0: it keeps (W*M)/(sqrt(v[t]) + eps) finite "
+                f"when v[t] = 0 (the authors' code: 1e-10)"
+            )
         steps = group["time_steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(
@@ -363,14 +382,29 @@ class TBSO(_BinaryOptimizer):
                 f"(use time_steps=1 when the optimizer steps once per sequence)"
             )
         t = group["time_step"]
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < steps:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= steps:
             raise ValueError(
-                f"time step {t!r} is out of range: it must be an int with 0 <= t < time_steps={steps}"
+                f"time step {t!r} is out of range: it must be an int with 0 <= t < time_steps={steps} "
+                f"(or t == time_steps after the last step of a sequence)"
             )
+
+    def _check_sequence(self) -> None:
+        for group in self.param_groups:
+            if group["time_step"] == group["time_steps"]:
+                steps = group["time_steps"]
+                raise RuntimeError(
+                    f"TBSO got more than time_steps={steps} step() calls in one sequence (time "
+                    f"index {steps} does not exist; nothing was updated). Rewind the time index at "
+                    f"the start of every sequence with bso_snn.reset(model, optimizer) or "
+                    f"optimizer.reset_time_step(), or build TBSO with time_steps equal to the number "
+                    f"of optimizer steps per sequence (time_steps=1 for one accumulated update per "
+                    f"sequence)"
+                )
 
     @property
     def time_step(self) -> int:
-        """The time index the next ``step()`` uses."""
+        """The time index the next ``step()`` uses (``time_steps`` once a sequence is complete:
+        the next step then needs a rewind)."""
         return self.param_groups[0]["time_step"]
 
     def set_time_step(self, t: int) -> None:
@@ -423,7 +457,8 @@ class TBSO(_BinaryOptimizer):
         )
 
     def _advance(self, group: dict[str, Any]) -> None:
-        group["time_step"] = (group["time_step"] + 1) % group["time_steps"]
+        """One step further in the sequence; with ``time_steps=1`` every step is index 0."""
+        group["time_step"] = 0 if group["time_steps"] == 1 else group["time_step"] + 1
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As ``torch.optim.Optimizer.load_state_dict``, keeping ``v`` in its own dtype
