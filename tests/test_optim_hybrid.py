@@ -207,7 +207,7 @@ def test_param_scheduler_decays_gamma_like_lambda_lr_and_leaves_other_groups_alo
     assert sched.get_last_value() == [tbso_group["gamma"]]
     lr = ParamScheduler(hybrid, "lr", lambda epoch: 1 - epoch / 10)
     lr.step()
-    assert sgd_group["lr"] == pytest.approx(0.09) and "lr" not in tbso_group
+    assert sgd_group["lr"] == pytest.approx(0.09) and tbso_group["lr"] == 0.0  # binary: the 0.0 placeholder
 
 
 def test_param_scheduler_scales_tuple_hyperparameters():
@@ -315,3 +315,75 @@ def test_online_train_step_keeps_the_tbso_time_index_aligned_with_the_model():
     train_step(model, x[:3], y, nn.functional.cross_entropy, hybrid)  # a shorter sequence
     assert tbso.time_step == 3
     assert torch.equal((v != before).nonzero().flatten(), torch.tensor([0, 1, 2]))
+
+
+# ----------------------------------------------------------------------------- a real torch Optimizer
+
+
+def test_hybrid_is_a_torch_optimizer_that_torch_lr_schedulers_and_swa_accept():
+    model = converted_model()
+    hybrid = hybrid_for(model)
+    assert isinstance(hybrid, torch.optim.Optimizer)
+    tbso_group, sgd_group = hybrid.param_groups
+    step_lr = torch.optim.lr_scheduler.StepLR(hybrid, step_size=1, gamma=0.5)
+    fill_grads(model, 1)
+    hybrid.step()
+    step_lr.step()
+    assert sgd_group["lr"] == 0.05 and tbso_group["lr"] == 0.0
+    assert step_lr.get_last_lr() == [0.0, 0.05]
+    swa = torch.optim.swa_utils.SWALR(hybrid, swa_lr=[0.0, 0.01], anneal_epochs=1)
+    hybrid.step()
+    swa.step()
+    assert sgd_group["lr"] == pytest.approx(0.01) and tbso_group["lr"] == 0.0
+    averaged = torch.optim.swa_utils.AveragedModel(model)
+    averaged.update_parameters(model)
+    # step hooks run around the hybrid's step, like any optimizer's
+    calls = []
+    hybrid.register_step_post_hook(lambda opt, args, kwargs: calls.append(opt))
+    hybrid.step()
+    assert calls == [hybrid]
+
+
+def test_hybrid_refuses_a_scheduler_that_gives_binary_groups_a_learning_rate():
+    model = converted_model()
+    hybrid = hybrid_for(model)
+    torch.optim.lr_scheduler.OneCycleLR(
+        hybrid, max_lr=0.1, total_steps=10, cycle_momentum=False
+    )  # sets every group's lr
+    weights = [p.detach().clone() for p in model.parameters()]
+    fill_grads(model, 1)
+    with pytest.raises(ValueError, match=r"a TBSO param group has lr=.*binary weights have no learning rate"):
+        hybrid.step()
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))
+
+
+def test_hybrid_state_is_one_mapping_that_writes_to_the_owner():
+    model = converted_model()
+    hybrid = hybrid_for(model)
+    fill_grads(model, 1)
+    hybrid.step()
+    tbso, sgd = hybrid.optimizers
+    assert len(hybrid.state) == len(tbso.state) + len(sgd.state)
+    p = model[0].weight
+    hybrid.state[p] = {"momentum_buffer": torch.zeros_like(p)}
+    assert sgd.state[p] is hybrid.state[p]
+    with pytest.raises(TypeError, match=r"add the group to the inner optimizer"):
+        hybrid.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))]})
+    clone = copy.deepcopy(hybrid)
+    assert isinstance(clone, HybridOptimizer) and len(clone.param_groups) == 2
+
+
+def test_hybrid_load_state_dict_is_all_or_nothing():
+    model = converted_model()
+    hybrid = hybrid_for(model)
+    fill_grads(model, 1)
+    hybrid.step()
+    state = hybrid.state_dict()
+    bad = copy.deepcopy(state)
+    bad["optimizers"][1]["param_groups"][0]["params"] = []  # the SGD part does not fit
+    before = copy.deepcopy(hybrid.state_dict())
+    for group in bad["optimizers"][0]["param_groups"]:
+        group["gamma"] = 123.0
+    with pytest.raises(ValueError):
+        hybrid.load_state_dict(bad)
+    assert hybrid.param_groups[0]["gamma"] == before["optimizers"][0]["param_groups"][0]["gamma"]

@@ -254,7 +254,7 @@ def train(
     setup = build_setup(cfg, log)
     model = setup.model
     optimizer, bin_opt, index_names = _make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer.optimizers[-1], T_max=cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     numel = {n: p.numel() for n, p in model.named_parameters() if n in index_names.values()}
     counter = FlipCounter(index_names, bin_opt) if bin_opt is not None else None
     order = runstate.EpochOrder(len(setup.train_set), cfg.seed)

@@ -9,7 +9,8 @@ checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import torch
@@ -40,18 +41,58 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return binary, real
 
 
-class HybridOptimizer:
-    """Several optimizers stepped, zeroed and checkpointed as one.
+class _MergedState(MutableMapping):
+    """The inner optimizers' per-parameter state as one mapping; writes reach the owner's state."""
+
+    def __init__(self, optimizers: tuple[torch.optim.Optimizer, ...]) -> None:
+        self._optimizers = optimizers
+
+    def _owner(self, param: Tensor) -> dict:
+        for opt in self._optimizers:
+            if any(param is p for group in opt.param_groups for p in group["params"]):
+                return opt.state
+        raise KeyError("the parameter is in none of the HybridOptimizer's optimizers")
+
+    def __getitem__(self, param: Tensor) -> Any:
+        for opt in self._optimizers:
+            if param in opt.state:
+                return opt.state[param]
+        raise KeyError(param)
+
+    def __setitem__(self, param: Tensor, value: Any) -> None:
+        self._owner(param)[param] = value
+
+    def __delitem__(self, param: Tensor) -> None:
+        for opt in self._optimizers:
+            if param in opt.state:
+                del opt.state[param]
+                return
+        raise KeyError(param)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (p for opt in self._optimizers for p in opt.state)
+
+    def __len__(self) -> int:
+        return sum(len(opt.state) for opt in self._optimizers)
+
+
+class HybridOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped, zeroed, scheduled and checkpointed as one ``torch.optim.Optimizer``.
 
     ``param_groups`` is the concatenation of the inner optimizers' groups (the same dict
-    objects), ``state_dict()`` nests each inner optimizer's state dict, and
+    objects, looked up live), ``state`` their per-parameter state (writes reach the owning
+    optimizer), ``state_dict()`` nests each inner optimizer's state dict, and
     ``reset_time_step`` / ``set_time_step`` / ``flip_stats`` reach the inner bso-snn
-    optimizers. A parameter may belong to only one inner optimizer.
+    optimizers. A parameter may belong to only one inner optimizer. Step hooks
+    (``register_step_post_hook``) run around the hybrid's ``step()``.
 
-    Schedulers: give ``torch.optim.lr_scheduler`` schedulers the inner float optimizer
-    (``hybrid.optimizers[i]``), since binary groups have no ``lr``; give
-    :class:`~bso_snn.optim.ParamScheduler` the hybrid itself (it schedules every group that has
-    the key, e.g. ``'lr'`` or ``'gamma'``).
+    Schedulers: ``torch.optim.lr_scheduler`` schedulers (``StepLR(hybrid, ...)``,
+    ``CosineAnnealingLR``, ``torch.optim.swa_utils.SWALR``) scale every group's ``'lr'``. Binary
+    weights have no learning rate, so the groups of an inner optimizer without ``lr`` (BSO,
+    T-BSO) carry ``lr = 0.0``: multiplicative schedules keep it at 0, and a scheduler that sets
+    another value there (``OneCycleLR``, ``SWALR`` with one ``swa_lr`` for all groups) is refused
+    at the next ``step()`` with the fix. Schedule ``gamma`` / ``betas`` with
+    :class:`~bso_snn.optim.ParamScheduler` on the hybrid itself.
     """
 
     def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
@@ -60,10 +101,10 @@ class HybridOptimizer:
                 "HybridOptimizer needs at least one optimizer, e.g. HybridOptimizer(TBSO(...), SGD(...))"
             )
         for i, opt in enumerate(optimizers):
-            if not isinstance(opt, torch.optim.Optimizer):
+            if not isinstance(opt, torch.optim.Optimizer) or isinstance(opt, HybridOptimizer):
                 raise TypeError(
                     f"HybridOptimizer argument {i} is a {type(opt).__name__}; pass torch.optim.Optimizer "
-                    f"instances (BSO, TBSO, SGD, ...)"
+                    f"instances (BSO, TBSO, SGD, ...), not a HybridOptimizer"
                 )
         owner: dict[int, int] = {}
         for i, opt in enumerate(optimizers):
@@ -78,18 +119,57 @@ class HybridOptimizer:
                         )
                     owner[id(p)] = i
         self.optimizers = tuple(optimizers)
+        # torch.optim.Optimizer's own __init__ would copy the groups; its __setstate__ sets up
+        # exactly the hooks and step profiling an optimizer needs, with the groups left live.
+        torch.optim.Optimizer.__setstate__(self, {"defaults": {}})
+        self._add_placeholder_lr()
+
+    def _lr_free(self) -> list[torch.optim.Optimizer]:
+        """Inner optimizers that have no learning rate (BSO, T-BSO)."""
+        return [opt for opt in self.optimizers if "lr" not in opt.defaults]
+
+    def _add_placeholder_lr(self) -> None:
+        for opt in self._lr_free():
+            for group in opt.param_groups:
+                group.setdefault("lr", 0.0)
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
         return [group for opt in self.optimizers for group in opt.param_groups]
 
     @property
-    def state(self) -> dict[Tensor, dict[str, Any]]:
-        """The inner optimizers' per-parameter state, merged (read-only view, a new dict)."""
-        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+    def state(self) -> _MergedState:  # type: ignore[override]
+        """The inner optimizers' per-parameter state, as one mapping."""
+        return _MergedState(self.optimizers)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"defaults": self.defaults, "optimizers": self.optimizers}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.optimizers = state["optimizers"]
+        torch.optim.Optimizer.__setstate__(self, {"defaults": state["defaults"]})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        raise TypeError(
+            "HybridOptimizer.add_param_group: add the group to the inner optimizer that should train it, "
+            "e.g. hybrid.optimizers[1].add_param_group(...)"
+        )
+
+    def _check_placeholder_lr(self) -> None:
+        for opt in self._lr_free():
+            for group in opt.param_groups:
+                if group.get("lr", 0.0) != 0.0:
+                    raise ValueError(
+                        f"HybridOptimizer: a {type(opt).__name__} param group has lr={group['lr']!r}, but "
+                        f"binary weights have no learning rate (their lr stays 0.0); an LR scheduler set it. "
+                        f"Give that scheduler per-group values with 0.0 for the binary groups (e.g. "
+                        f"SWALR(hybrid, swa_lr=[0.0, 0.05])), or schedule the float optimizer alone "
+                        f"(hybrid.optimizers[i]); schedule gamma with bso_snn.optim.ParamScheduler"
+                    )
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """Evaluate ``closure`` once (if given), then step every inner optimizer."""
+        self._check_placeholder_lr()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -102,26 +182,37 @@ class HybridOptimizer:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=set_to_none)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "types": [type(opt).__name__ for opt in self.optimizers],
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Load every inner optimizer's state, after checking that all of them fit: a refused
+        load leaves every inner optimizer as it was."""
         if not (isinstance(state_dict, dict) and {"optimizers", "types"} <= state_dict.keys()):
             raise ValueError(
                 "HybridOptimizer.load_state_dict expects a dict saved by HybridOptimizer.state_dict() "
                 "(keys 'optimizers' and 'types')"
             )
         mine = [type(opt).__name__ for opt in self.optimizers]
-        if list(state_dict["types"]) != mine:
+        if list(state_dict["types"]) != mine or len(state_dict["optimizers"]) != len(mine):
             raise ValueError(
                 f"HybridOptimizer.load_state_dict: the saved state holds optimizers {list(state_dict['types'])} "
                 f"but this HybridOptimizer has {mine}; build it with the same optimizers in the same order"
             )
-        for opt, inner in zip(self.optimizers, state_dict["optimizers"], strict=True):
-            opt.load_state_dict(inner)
+        before = [copy.deepcopy(opt.state_dict()) for opt in self.optimizers]
+        loaded = 0
+        try:
+            for opt, inner in zip(self.optimizers, state_dict["optimizers"], strict=True):
+                opt.load_state_dict(inner)
+                loaded += 1
+        except Exception:
+            for opt, saved in zip(self.optimizers[:loaded], before, strict=False):
+                opt.load_state_dict(saved)
+            raise
+        self._add_placeholder_lr()
 
     def reset_time_step(self) -> None:
         """Rewind the time index of every inner optimizer that has one."""
