@@ -19,6 +19,9 @@ ordinary layer. The trace is not a parameter or buffer, so it never enters ``sta
 Input layouts: single-step ``[N, *]``; multi-step ``[T, N, *]`` when the layer's
 ``step_mode`` (SpikingJelly) or ``bso_step_mode`` is ``'m'``; flattened ``[T*N, *]`` when an
 adapter sets ``bso_flat_steps = T`` (e.g. inside SpikingJelly's ``SeqToANNContainer``).
+Decided per call: a multi-step layer given an input without a time dimension (a Linear on
+``[N, F]``, a 2-d convolution on ``[N, C, H, W]``, as attention modules do) runs as a plain
+layer for that call (exact weight gradient of the call, no trace).
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ class BinaryLayerMixin:
     bso_binary_parameters = ("weight",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.bso_tracing and self.training and torch.is_grad_enabled()):
+        if not (self.bso_tracing and self.training and torch.is_grad_enabled()) or self._bso_time_free(x):
             return super().forward(x)
         x_seq, layout = self._bso_as_sequence(x)
         self._bso_check_steps(x, x_seq.shape[0])
@@ -231,6 +234,18 @@ class BinaryLayerMixin:
             )
         return self.bso_step_mode
 
+    def _bso_time_free(self, x: torch.Tensor) -> bool:
+        """A multi-step layer called on an input without a time dimension: a convolution with
+        ``d`` spatial dims given ``d + 2`` (or fewer) dims instead of ``[T, N, C, *spatial]``, a
+        Linear given ``[N, F]``. Attention modules do this (e.g. SpikingJelly's
+        ``TemporalWiseAttention`` runs its MLP on ``[N, T]`` statistics): the call is no time
+        step, so it runs as a plain layer, its weight gradient exact for that call and the
+        stored trace untouched."""
+        if self.bso_flat_steps is not None or self._bso_step_mode() != "m":
+            return False
+        single = 2 if isinstance(self, nn.Linear) else len(self.kernel_size) + 2
+        return x.dim() <= single
+
     def _bso_as_sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
         """View ``x`` as ``[T, N, *]`` and say which layout it came in."""
         if self.bso_flat_steps is not None:
@@ -246,12 +261,7 @@ class BinaryLayerMixin:
                     f"of bso_flat_steps={steps}; the input must be [T*N, ...] with T={steps}"
                 )
             return x.reshape(steps, x.shape[0] // steps, *x.shape[1:]), "flat"
-        if self._bso_step_mode() == "m":
-            if x.dim() < 3:
-                raise ValueError(
-                    f"{type(self).__name__} is in multi-step mode and expects [T, N, ...] input, "
-                    f"got shape {tuple(x.shape)}"
-                )
+        if self._bso_step_mode() == "m":  # _bso_time_free has sent inputs without a T dim elsewhere
             return x, "m"
         return x.unsqueeze(0), "s"
 

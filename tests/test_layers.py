@@ -288,12 +288,6 @@ def test_missing_lam_is_an_error():
     ("attr", "value", "x_shape", "message"),
     [
         ("bso_step_mode", "x", (2, 5), r"bso_step_mode='x'; use 's' for \[N, \.\.\.\] input or 'm'"),
-        (
-            "bso_step_mode",
-            "m",
-            (2, 5),
-            r"multi-step mode and expects \[T, N, \.\.\.\] input, got shape \(2, 5\)",
-        ),
         ("bso_flat_steps", 4, (6, 5), r"input batch dimension 6 is not a multiple of bso_flat_steps=4"),
         ("bso_flat_steps", 0, (6, 5), r"bso_flat_steps=0; it must be the number of time steps T >= 1"),
     ],
@@ -303,6 +297,35 @@ def test_bad_layout_settings_are_errors(attr, value, x_shape, message):
     setattr(binary, attr, value)
     with pytest.raises(ValueError, match=message):
         binary(torch.ones(x_shape, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("layer", "time_free", "multi_step"),
+    [
+        (nn.Linear(5, 3), (4, 5), (2, 4, 5)),
+        (nn.Conv2d(2, 3, 3, padding=1), (4, 2, 6, 6), (2, 4, 2, 6, 6)),
+        (nn.Conv1d(2, 3, 3), (4, 2, 6), (2, 4, 2, 6)),
+    ],
+)
+def test_multi_step_layer_called_without_a_time_dim_runs_as_a_plain_layer(layer, time_free, multi_step):
+    """E.g. an attention MLP over [N, T] statistics inside a multi-step model: no time step, so the
+    call's exact gradient, and the trace of the real time steps is left alone."""
+    torch.manual_seed(0)
+    reference = copy.deepcopy(layer)
+    binarize_layer(layer)
+    layer.bso_lam, layer.bso_step_mode = 0.5, "m"
+    with torch.no_grad():
+        reference.weight.copy_(layer.weight)
+    layer((torch.rand(multi_step) > 0.5).float())  # one real multi-step call leaves a trace
+    trace = layer.bso_trace.clone()
+    layer.weight.grad = None
+    x = torch.rand(time_free)
+    out, expected = layer(x), reference(x)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad)
+    assert torch.equal(layer.bso_trace, trace)
 
 
 @pytest.mark.parametrize("module", [nn.ConvTranspose2d(2, 2, 3), nn.Embedding(4, 2), nn.BatchNorm2d(2)])

@@ -386,3 +386,103 @@ def test_train_step_synchronises_with_the_host_once_per_batch():
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+class _TimeMean(nn.Module):
+    """A multi-step model that averages its output over time inside: returns [N, C]."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x_seq):
+        return self.net(x_seq).mean(0)
+
+
+def _converted_multi_step():
+    net = mlp("m")
+    bso_snn.convert(net)
+    set_step_mode(net, "m")
+    return net
+
+
+@pytest.mark.parametrize("loss_fn", [nn.functional.cross_entropy, "mse"])
+def test_multi_step_model_returning_n_c_trains_on_the_right_tensor(loss_fn):
+    """[N, C] from inputs[t:t+1] is that step's output; it was once taken as out[0] (sample 0)."""
+    if loss_fn == "mse":
+        loss_fn = lambda out, y: nn.functional.mse_loss(out, nn.functional.one_hot(y, 3).float())  # noqa: E731
+    time_first = _converted_multi_step()
+    reduced = _TimeMean(copy.deepcopy(time_first))
+    torch.manual_seed(7)
+    x_seq, target = torch.rand(3, 4, 6), torch.randint(0, 3, (4,))
+    results = []
+    for net in (time_first, reduced):
+        opt = torch.optim.SGD(_split(net), lr=0.3)
+        results.append(train_step(net, x_seq, target, loss_fn, opt, step_mode="m"))
+    assert results[1].output.shape == (4, 3)
+    assert results[1].loss == pytest.approx(results[0].loss, rel=1e-6)
+    torch.testing.assert_close(results[1].output, results[0].output)
+    for p, q in zip(time_first.parameters(), reduced.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    torch.testing.assert_close(
+        evaluate(reduced, x_seq, step_mode="m"), evaluate(time_first, x_seq, step_mode="m")
+    )
+
+
+class _Fixed(nn.Module):
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x):
+        return self.out
+
+
+def test_ambiguous_or_wrong_output_shapes_are_errors():
+    net = _TimeMean(_converted_multi_step())
+    x_one, target = torch.rand(2, 1, 6), torch.tensor([1])
+    one_out = nn.Sequential(net, nn.Linear(3, 1))  # [N=1, 1] per step: [1, 1] fits both
+    opt = torch.optim.SGD(_split(net), lr=0.1)
+    loss = lambda out, y: out.sum()  # noqa: E731
+    with pytest.raises(
+        ValueError, match=r"returned shape \(1, 1\) for 1 time step\(s\) of 1 sample\(s\): that is"
+    ):
+        train_step(one_out, x_one, target, loss, opt, step_mode="m")
+    train_step(one_out, x_one, target, loss, opt, step_mode="m", output_layout="n")
+    with pytest.raises(ValueError, match=r"output_layout='tn' but the model returned shape \(1, 3\)"):
+        train_step(net, x_one, target, loss, opt, step_mode="m", output_layout="tn")
+    with pytest.raises(
+        ValueError, match=r"returned shape \(3,\) for 1 time step\(s\) of 4 sample\(s\): neither"
+    ):
+        evaluate(_Fixed(torch.zeros(3)), torch.rand(2, 4, 6), step_mode="m")
+    with pytest.raises(ValueError, match=r"output_layout='x' must be 'tn'"):
+        evaluate(net, x_one, step_mode="m", output_layout="x")
+    with pytest.raises(
+        ValueError, match=r"step_mode='sequence' runs one forward over all T steps.*accumulated"
+    ):
+        train_step(net, x_one, target, loss, opt, step_mode="sequence")
+
+
+@pytest.mark.parametrize("reduce_inside", [False, True])
+def test_sequence_path_equals_the_accumulated_per_step_update(reduce_inside):
+    """One forward over [T, N, ...] and one update give what T per-step calls with an accumulated
+    update give (the converted layers trace over time inside the call; neurons detach per step)."""
+    per_step = _converted_multi_step()
+    whole = copy.deepcopy(per_step)
+    if reduce_inside:
+        whole = _TimeMean(whole)
+    torch.manual_seed(8)
+    x_seq, target = torch.rand(4, 5, 6), torch.randint(0, 3, (5,))
+    opt_a, opt_b = torch.optim.SGD(_split(per_step), lr=0.3), torch.optim.SGD(_split(whole), lr=0.3)
+    loss_fn = nn.functional.cross_entropy
+    a = train_step(per_step, x_seq, target, loss_fn, opt_a, step_mode="m", update="accumulated")
+    b = train_step(whole, x_seq, target, loss_fn, opt_b, step_mode="sequence", update="accumulated")
+    torch.testing.assert_close(b.output, a.output)
+    if not reduce_inside:  # loss of the mean output differs from the mean of per-step losses
+        assert b.loss == pytest.approx(a.loss, rel=1e-6)
+        for p, q in zip(per_step.parameters(), whole.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+    inner = whole.net if reduce_inside else whole
+    torch.testing.assert_close(
+        evaluate(whole, x_seq, step_mode="sequence"), evaluate(inner, x_seq, step_mode="m")
+    )
