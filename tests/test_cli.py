@@ -104,7 +104,7 @@ def _usage_error(capsys, argv):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--dataset", "cifar10"], r"argument --dataset: invalid choice: 'cifar10'"),
+        (["train", "--dataset", "imagenet"], r"argument --dataset: invalid choice: 'imagenet'"),
         (["train", "--model", "resnet"], r"argument --model: invalid choice: 'resnet'"),
         (["train", "--ecosystem", "norse"], r"argument --ecosystem: invalid choice: 'norse'"),
         (["train", "--optimizer", "adam"], r"argument --optimizer: invalid choice: 'adam'"),
@@ -116,7 +116,7 @@ def _usage_error(capsys, argv):
         (["train", "--gamma=-1e-6"], r"argument --gamma: must be a finite number >= 0, got -1e-6"),
         (["train", "--gamma", "inf"], r"argument --gamma: must be a finite number >= 0, got inf"),
         (["train", "--optimizer", "fp", "--update", "realtime"], r"--update applies to tbso/bso only"),
-        (["fetch", "cifar10"], r"invalid choice: 'cifar10'"),
+        (["fetch", "cifar10-dvs"], r"invalid choice: 'cifar10-dvs'"),
         ([], r"the following arguments are required"),
     ],
 )
@@ -252,3 +252,26 @@ def test_paper_model_trains_from_the_command_line(tmp_path, model, one_thread):
     out, m = _train(tmp_path, "--model", model, "--width", "4", "--epochs", "1")
     assert m["config"]["model"] == model and len(m["binary_layers"]) == 7
     assert m["float_layers"] == ["0", "29"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "make", "args", "steps"),
+    [  # optimizer steps: ceil(train images / 32) batches x T
+        ("cifar10", "make_cifar10", ["--model", "vgg11"], 3 * 2),  # 5 batches x 16 images
+        ("cifar100", "make_cifar100", ["--model", "vgg11"], 2 * 2),  # 48 images
+        ("cifar10-dvs", "make_cifar10dvs", ["--model", "vgg11", "--T", "3"], 3 * 3),  # 90 recordings
+        ("cifar10", "make_cifar10", ["--model", "resnet18"], 3 * 2),
+    ],
+    ids=["cifar10-vgg11", "cifar100-vgg11", "cifar10dvs-vgg11", "cifar10-resnet18"],
+)
+def test_paper_datasets_train_from_generated_files(tmp_path, dataset, make, args, steps, one_thread):
+    import _datagen
+
+    getattr(_datagen, make)(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", dataset, "--data-root", str(tmp_path / "data"), "--epochs", "1"]
+    argv += ["--width", "4", "--batch-size", "32", "--T", "2", "--out", str(out), *args]
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["dataset"] == dataset and m["epochs"][0]["train_loss"] > 0
+    assert m["optimizer_steps"] == steps and 0 <= m["test_acc"] <= 1

@@ -69,9 +69,9 @@ def test_digits_split_is_deterministic_stratified_and_a_partition():
 
 def test_unknown_dataset_name():
     with pytest.raises(
-        ValueError, match=r"unknown dataset 'cifar10'; choose one of digits, mnist, fashion-mnist"
+        ValueError, match=r"unknown dataset 'imagenet'; choose one of digits, mnist, fashion-mnist, cifar10"
     ):
-        load_dataset("cifar10")
+        load_dataset("imagenet")
 
 
 # ---------------------------------------------------------------- idx format
@@ -165,10 +165,10 @@ def test_fetch_refuses_unknown_names_and_sources(tmp_path):
 
 def test_fetch_cli_rejects_unknown_dataset():
     proc = subprocess.run(
-        [sys.executable, "-m", "bso_snn.data", "fetch", "cifar10"], capture_output=True, text=True
+        [sys.executable, "-m", "bso_snn.data", "fetch", "imagenet"], capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert "invalid choice: 'cifar10'" in proc.stderr
+    assert "invalid choice: 'imagenet'" in proc.stderr
 
 
 def test_fetch_fails_clearly_when_no_source_works(tmp_path, monkeypatch):

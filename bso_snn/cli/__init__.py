@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import DATASETS, DatasetChecksumError, DatasetNotFoundError
+from ..data import CATALOG, DATASETS, DatasetChecksumError, DatasetNotFoundError
 from ..data._fetch import add_fetch_arguments, run_fetch
 from .models import ECOSYSTEMS, MODELS
 
 OPTIMIZERS = ("tbso", "bso", "fp")
 UPDATES = ("realtime", "accumulated")
-DEFAULT_EPOCHS = {"digits": 10, "mnist": 1, "fashion-mnist": 1}
 EXIT_USAGE, EXIT_DATA, EXIT_OUTPUT, EXIT_ECOSYSTEM, EXIT_CHECKPOINT, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
 RESUME_KEEPS = ("threads", "data_root")
 """Options a resumed run may set anew (where and how fast it runs, not what it computes)."""
@@ -77,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         "prints progress and a summary, writes metrics.json, loss_acc.png, flip_rate.png and a checkpoint.",
     )
     t.add_argument(
-        "--dataset", choices=DATASETS, default="digits", help="default: digits (embedded in scikit-learn)"
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="default: digits (embedded in scikit-learn); cifar10-dvs makes --T frames per recording",
     )
     t.add_argument("--model", choices=MODELS, default="mlp", help="default: mlp")
     t.add_argument(
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_at_least_one(int),
         default=None,
-        help="default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()),
+        help="default: " + ", ".join(f"{k} {v.default_epochs}" for k, v in CATALOG.items()),
     )
     t.add_argument("--batch-size", type=_at_least_one(int), default=64, help="default 64")
     t.add_argument("--seed", type=int, default=0, help="seeds torch and the data order (default 0)")
@@ -274,7 +276,7 @@ def _config_from_args(args: argparse.Namespace):
         ecosystem=args.ecosystem,
         optimizer=args.optimizer,
         T=args.T,
-        epochs=args.epochs or DEFAULT_EPOCHS[args.dataset],
+        epochs=args.epochs or CATALOG[args.dataset].default_epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         update="bptt" if args.optimizer == "fp" else (args.update or "realtime"),

@@ -82,6 +82,7 @@ def _load_weights(model: torch.nn.Module, path: Path, packed: bool) -> None:
 
 def evaluate_path(path: str | Path, data_root: str | None = None, threads: int = 1, log=print) -> dict:
     """``{"test_acc", "config", "model_file", "metrics_test_acc"}`` for a run folder or checkpoint."""
+    from ..data import CATALOG
     from .train import TrainConfig, _accuracy, build_setup
 
     config, model_file, metrics = _source(Path(path))
@@ -91,7 +92,8 @@ def evaluate_path(path: str | Path, data_root: str | None = None, threads: int =
     torch.set_num_threads(threads)
     setup = build_setup(cfg, log=lambda *_: None)
     _load_weights(setup.model, model_file, packed=setup.report is not None)
-    acc = _accuracy(setup.model, DataLoader(setup.test_set, batch_size=512), cfg.T)
+    temporal = CATALOG[cfg.dataset].temporal
+    acc = _accuracy(setup.model, DataLoader(setup.test_set, batch_size=512), cfg.T, temporal)
     return {
         "test_acc": acc,
         "config": config,

@@ -165,25 +165,31 @@ def model_sizes(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _accuracy(model: nn.Module, loader: DataLoader, T: int) -> float:
+def time_major(x: torch.Tensor, T: int, temporal: bool) -> torch.Tensor:
+    """``[T, N, ...]`` inputs of a batch: a sequence batch ``[N, T, ...]`` transposed (event data),
+    or a static batch ``[N, ...]`` repeated at every step (direct encoding)."""
+    return x.transpose(0, 1) if temporal else x.unsqueeze(0).expand(T, *x.shape)
+
+
+def _accuracy(model: nn.Module, loader: DataLoader, T: int, temporal: bool = False) -> float:
     was_training = model.training
     model.eval()
     correct = total = 0
     with torch.no_grad():
         for x, y in loader:
-            out = evaluate(model, x.unsqueeze(0).expand(T, *x.shape))
+            out = evaluate(model, time_major(x, T, temporal))
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
     model.train(was_training)
     return correct / total
 
 
-def _bptt_step(model, x, y, T, optimizer) -> tuple[float, torch.Tensor]:
-    """Full-precision baseline: one backward through all T steps."""
+def _bptt_step(model, inputs, y, optimizer) -> tuple[float, torch.Tensor]:
+    """Full-precision baseline: one backward through all T steps of ``inputs`` ``[T, N, ...]``."""
     reset(model)
     optimizer.zero_grad()
-    outputs = torch.stack([model(x) for _ in range(T)])
-    loss = sum(F.cross_entropy(out, y) for out in outputs) / T
+    outputs = torch.stack([model(x) for x in inputs])
+    loss = sum(F.cross_entropy(out, y) for out in outputs) / len(inputs)
     loss.backward()
     optimizer.step()
     return loss.item(), outputs.detach().mean(0)
@@ -192,10 +198,9 @@ def _bptt_step(model, x, y, T, optimizer) -> tuple[float, torch.Tensor]:
 def build_setup(cfg: TrainConfig, log=print) -> Setup:
     """Load the data and build (and, for tbso/bso, convert) the model, seeded by ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
-    train_set, test_set = data.load_dataset(cfg.dataset, cfg.data_root)
-    x0, _ = train_set[0]
-    num_classes = int(train_set.tensors[1].max()) + 1
-    model = build_model(cfg.model, cfg.ecosystem, tuple(x0.shape), num_classes, cfg.width)
+    spec = data.CATALOG[cfg.dataset]
+    train_set, test_set = data.load_dataset(cfg.dataset, cfg.data_root, time_steps=cfg.T)
+    model = build_model(cfg.model, cfg.ecosystem, spec.input_shape, spec.num_classes, cfg.width)
     if cfg.optimizer == "fp":
         load_adapters(model)  # registers the library's neurons so bso_snn.reset can reset them
         return Setup(train_set, test_set, model, None)
@@ -252,6 +257,7 @@ def train(
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     setup = build_setup(cfg, log)
+    spec = data.CATALOG[cfg.dataset]
     model = setup.model
     optimizer, bin_opt, index_names = _make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
@@ -326,9 +332,9 @@ def train(
             mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line every 10 s
         )
         for x, y in bar:
-            inputs = x.unsqueeze(0).expand(cfg.T, *x.shape)
+            inputs = time_major(x, cfg.T, spec.temporal)
             if cfg.optimizer == "fp":
-                loss, output = _bptt_step(model, x, y, cfg.T, optimizer)
+                loss, output = _bptt_step(model, inputs, y, optimizer)
             else:
                 result = train_step(model, inputs, y, F.cross_entropy, optimizer, update=cfg.update)
                 loss, output = result.loss, result.output
@@ -351,7 +357,7 @@ def train(
                 interrupt_if_asked(saved=due)
         bar.close()
         scheduler.step()
-        test_acc = _accuracy(model, test_loader, cfg.T)
+        test_acc = _accuracy(model, test_loader, cfg.T, spec.temporal)
         seconds = progress.epoch_seconds + time.perf_counter() - t_epoch
         progress.history.append(
             {

@@ -1,7 +1,9 @@
-"""Datasets that work offline: sklearn digits (embedded), MNIST and Fashion-MNIST (checksummed idx files).
+"""Datasets: sklearn digits (embedded), MNIST and Fashion-MNIST (checksummed idx files), and the
+paper's CIFAR-10, CIFAR-100 (``bso_snn.data.cifar``) and CIFAR10-DVS (``bso_snn.data.cifar10dvs``).
 
-``load_dataset(name, root=None) -> (train, test)``: two ``TensorDataset``s of float32 images in
-[0, 1] shaped ``[N, 1, H, W]`` and int64 labels.
+``load_dataset(name, root=None, time_steps=None) -> (train, test)``; every dataset is one entry of
+``bso_snn.data.catalog.CATALOG``. For digits / MNIST / Fashion-MNIST: two ``TensorDataset``s of
+float32 images in [0, 1] shaped ``[N, 1, H, W]`` and int64 labels.
 
 - ``"digits"``: scikit-learn's ``load_digits`` (1,797 real 8x8 handwritten digits shipped inside
   scikit-learn, values 0..16 divided by 16). No official split exists; we use a fixed stratified
@@ -26,8 +28,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ._idx import md5, parse_idx, read_bytes
+from .catalog import CATALOG, DatasetSpec
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = tuple(CATALOG)
 FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -153,14 +156,26 @@ def load_digits_split() -> tuple[TensorDataset, TensorDataset]:
     return _to_dataset(x_tr, y_tr, 16.0), _to_dataset(x_te, y_te, 16.0)
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None) -> tuple[TensorDataset, TensorDataset]:
-    """``(train, test)`` TensorDatasets: images float32 in [0, 1] shaped [N, 1, H, W], labels int64.
+def load_dataset(name: str, root: str | os.PathLike | None = None, time_steps: int | None = None):
+    """``(train, test)`` datasets of ``(input, label)`` pairs.
 
-    ``name`` is one of ``"digits"``, ``"mnist"``, ``"fashion-mnist"``. ``root`` (idx datasets only)
-    defaults to ``$BSO_SNN_DATA`` else ``./data``. Raises ``DatasetNotFoundError`` (missing files, with
-    the fetch command) or ``DatasetChecksumError`` (corrupted file, with the fix).
+    ``name`` is a key of :data:`DATASETS`: ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` give
+    TensorDatasets of images float32 in [0, 1] shaped [N, 1, H, W] and int64 labels; ``"cifar10"``,
+    ``"cifar100"`` normalised [3, 32, 32] images (train with the paper's augmentation);
+    ``"cifar10-dvs"`` frame sequences ``[time_steps, 2, 48, 48]`` (``time_steps`` required).
+    ``root`` defaults to ``$BSO_SNN_DATA`` else ``./data``. Raises ``DatasetNotFoundError`` (missing
+    files, with the fetch command) or ``DatasetChecksumError`` (corrupted file, with the fix).
     """
     _check_name(name)
+    spec = CATALOG[name]
+    if spec.temporal and (time_steps is None or time_steps < 1):
+        raise ValueError(
+            f"{name} is event data: pass time_steps >= 1 (frames per sample), got {time_steps!r}"
+        )
+    return spec.load(default_root() if root is None else Path(root), time_steps)
+
+
+def _load_builtin(name: str, root: Path) -> tuple[TensorDataset, TensorDataset]:
     if name == "digits":
         return load_digits_split()
     arrays = load_idx_arrays(name, root)
@@ -177,7 +192,9 @@ def fetch(names, root=None, source="auto", log=print):
 
 
 __all__ = [
+    "CATALOG",
     "DATASETS",
+    "DatasetSpec",
     "DatasetChecksumError",
     "DatasetNotFoundError",
     "default_root",

