@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from bso_snn.optim import _fused
+from bso_snn.optim import BSO, TBSO, _fused
 
 BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
@@ -199,3 +199,89 @@ def test_cuda_kernel_equals_the_plain_rule_bit_for_bit(dtype, scaled, reset_mome
         assert all(bitwise_equal(a, b) for a, b in zip(ws, ws_ref, strict=True))
         assert all(bitwise_equal(a, b) for a, b in zip(ms, ms_ref, strict=True))
     assert total > 100
+
+
+# ----------------------------------------------------------------------------- through the optimizers
+
+
+def _optimizer(kind, params, **kw):
+    return (
+        TBSO(params, gamma=0.5, betas=(0.9, 0.99), time_steps=4, **kw)
+        if kind == "tbso"
+        else BSO(params, gamma=0.02, beta=0.9, **kw)
+    )
+
+
+def _params(dtype):
+    generator = torch.Generator().manual_seed(11)
+    shapes = [(64, 32, 3, 3), (40_000,), (10, 7)]
+    return [torch.nn.Parameter(torch.randint(0, 2, s, generator=generator).to(dtype) * 2 - 1) for s in shapes]
+
+
+def _run(opt, params, steps, seed):
+    generator = torch.Generator().manual_seed(seed)
+    flips = []
+    for step in range(steps):
+        if isinstance(opt, TBSO) and step % 4 == 0:
+            opt.reset_time_step()
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.1
+        opt.step()
+        flips.append([s.flips for s in opt.flip_stats()])
+    return flips
+
+
+@pytest.mark.parametrize("kind", ["bso", "tbso"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_optimizer_equals_the_reference_optimizer_bit_for_bit(kind, dtype, one_thread):
+    """Weights, momentum, v and flip counts of BSO/TBSO(fused=True) vs foreach=False, 12 steps."""
+    require("cpu")
+    fused_params, ref_params = _params(dtype), _params(dtype)
+    fused, ref = _optimizer(kind, fused_params, fused=True), _optimizer(kind, ref_params, foreach=False)
+    fused_flips, ref_flips = _run(fused, fused_params, 12, seed=3), _run(ref, ref_params, 12, seed=3)
+    assert fused_flips == ref_flips and sum(map(sum, ref_flips)) > 1000
+    for p, q in zip(fused_params, ref_params, strict=True):
+        assert bitwise_equal(p.detach(), q.detach())
+        assert (
+            fused.state[p].keys()
+            == ref.state[q].keys()
+            == ({"momentum", "v"} if kind == "tbso" else {"momentum"})
+        )
+        for key in fused.state[p]:
+            assert bitwise_equal(fused.state[p][key], ref.state[q][key])
+
+
+def test_the_default_uses_the_fused_kernel_where_available(monkeypatch):
+    require("cpu")
+    calls = []
+    original = _fused.flip_
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_fused, "flip_", spy)
+    for kw, expected in ((dict(), True), (dict(foreach=True), False), (dict(fused=False), False)):
+        calls.clear()
+        params = _params(torch.float32)
+        _run(_optimizer("bso", params, **kw), params, 1, seed=0)
+        assert bool(calls) == expected, kw
+
+
+def test_without_a_compiler_the_default_falls_back_once_warned_and_fused_true_is_refused(monkeypatch):
+    monkeypatch.setattr(_fused, "_backends", {})
+    monkeypatch.setattr(_fused, "_warned", set())
+    monkeypatch.setattr(_fused, "_find_compiler", lambda: None)
+    params, ref_params = _params(torch.float32), _params(torch.float32)
+    opt, ref = _optimizer("tbso", params), _optimizer("tbso", ref_params, foreach=False)
+    with pytest.warns(
+        UserWarning, match=r"not available on cpu \(no C\+\+ compiler found.*multi-tensor path"
+    ):
+        flips = _run(opt, params, 1, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        flips += _run(opt, params, 3, seed=5)
+    assert flips == _run(ref, ref_params, 1, seed=4) + _run(ref, ref_params, 3, seed=5)
+    assert all(bitwise_equal(p.detach(), q.detach()) for p, q in zip(params, ref_params, strict=True))
+    with pytest.raises(RuntimeError, match=r"TBSO\(fused=True\): parameter 0 .*no C\+\+ compiler found"):
+        _optimizer("tbso", _params(torch.float32), fused=True)

@@ -87,9 +87,14 @@ def set_random_grads(params, gen, step):
 
 @pytest.mark.parametrize("kind", ["bso", "tbso"])
 @pytest.mark.parametrize("reset_momentum", [False, True])
-def test_multi_tensor_matches_single_tensor_reference_bit_for_bit(kind, reset_momentum):
+@pytest.mark.parametrize(
+    "implementation",
+    [dict(foreach=True), dict(fused=True), dict()],  # dict(): the default (the fused kernel here)
+    ids=["foreach", "fused", "default"],
+)
+def test_fast_paths_match_single_tensor_reference_bit_for_bit(kind, reset_momentum, implementation):
     fast_params, ref_params = random_params(0), random_params(0)
-    fast = make(kind, group_dicts(fast_params, kind), reset_momentum=reset_momentum, foreach=True)
+    fast = make(kind, group_dicts(fast_params, kind), reset_momentum=reset_momentum, **implementation)
     ref = make(kind, group_dicts(ref_params, kind), reset_momentum=reset_momentum, foreach=False)
     gen_fast, gen_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     total_flips = 0
@@ -110,9 +115,11 @@ def test_multi_tensor_matches_single_tensor_reference_bit_for_bit(kind, reset_mo
 
 @pytest.mark.parametrize("reset_momentum", [False, True])
 @pytest.mark.parametrize("workspace", [F.WORKSPACE_NUMEL, 7])
-def test_functional_flip_paths_agree_bit_for_bit(reset_momentum, workspace, monkeypatch):
+@pytest.mark.parametrize("fast", [dict(foreach=True), dict(fused=True)], ids=["foreach", "fused"])
+def test_functional_flip_paths_agree_bit_for_bit(reset_momentum, workspace, fast, monkeypatch):
     # workspace=7 splits tensors into pieces and batches across tensors; the last (transposed,
-    # non-contiguous) tensor is larger than the workspace and is processed whole.
+    # non-contiguous) tensor is larger than the workspace and is processed whole. fused=True: the
+    # kernel takes the contiguous tensors, with and without a scale; the transposed one falls back.
     monkeypatch.setattr(F, "WORKSPACE_NUMEL", workspace)
     gen = torch.Generator().manual_seed(3)
     ws = [binary_param(s, gen).detach() for s in SHAPES]
@@ -123,7 +130,7 @@ def test_functional_flip_paths_agree_bit_for_bit(reset_momentum, workspace, monk
     scales = [None, torch.tensor(0.5), torch.tensor(0.1), None, torch.tensor(3.0), torch.tensor(0.7)]
     w2, m2 = copy.deepcopy(ws), copy.deepcopy(ms)
     kw = dict(gamma=0.3, beta=0.5, reset_momentum=reset_momentum)
-    counts_fast = F.flip_(ws, gs, ms, scales, **kw, foreach=True)
+    counts_fast = F.flip_(ws, gs, ms, scales, **kw, **fast)
     counts_ref = F.flip_(w2, gs, m2, scales, **kw, foreach=False)
     for a, b in zip(ws + ms, w2 + m2, strict=True):
         assert_same_bits(a, b)
@@ -543,7 +550,18 @@ def _one():
             r"not supported by TBSO",
         ),
         (lambda: BSO(_one(), reset_momentum=1), TypeError, r"reset_momentum=1 must be a bool"),
-        (lambda: BSO(_one(), foreach="yes"), TypeError, r"foreach='yes' must be True"),
+        (lambda: BSO(_one(), foreach="yes"), TypeError, r"foreach='yes' must be None .* True .* or False"),
+        (lambda: BSO(_one(), fused=1), TypeError, r"fused=1 must be None .* True or False"),
+        (
+            lambda: TBSO(_one(), time_steps=2, fused=True, foreach=True),
+            ValueError,
+            r"fused=True and foreach=True",
+        ),
+        (
+            lambda: BSO([torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))], fused=True),
+            RuntimeError,
+            r"BSO\(fused=True\): parameter 0 \(torch.bfloat16 on cpu\) cannot use the fused kernel: .*float32",
+        ),
         (lambda: BSO(_one(), nonfinite="ignore"), ValueError, r"nonfinite='ignore' must be 'skip'"),
         (lambda: TBSO(_one()), TypeError, r"missing 1 required keyword-only argument: 'time_steps'"),
         (lambda: TBSO(_one(), time_steps=0), ValueError, r"time_steps=0 must be a positive int"),

@@ -214,11 +214,13 @@ def warn_unavailable_once(device: torch.device) -> None:
         )
 
 
-def supports(param: Tensor, grad: Tensor, momentum: Tensor) -> bool:
+def supports(param: Tensor, grad: Tensor, momentum: Tensor, scale: Tensor | None = None) -> bool:
     """Whether the kernel handles this tensor: float32/float64, dense, contiguous, all on one device
-    (and fewer than 2**31 elements on CUDA). Others take the multi-tensor path."""
+    (and fewer than 2**31 elements on CUDA), the scale (if any) a 0-dim tensor of the same dtype
+    and device. Others take the multi-tensor path."""
     return (
-        param.dtype in FUSED_DTYPES
+        (scale is None or (scale.dim() == 0 and scale.dtype == param.dtype and scale.device == param.device))
+        and param.dtype in FUSED_DTYPES
         and grad.dtype == param.dtype
         and momentum.dtype == param.dtype
         and grad.layout == torch.strided

@@ -24,9 +24,11 @@ Rounding, defined once and shared by both implementations: the momentum update i
 ``(W*M)/s == W*(M/s)``), the division by ``s`` is one IEEE division per element, and
 ``mean(G^2)`` is :func:`mean_square`. Each function has a plain single-tensor reference
 (``foreach=False``) and a multi-tensor implementation on ``torch._foreach_*`` ops, grouped by
-device and dtype (``foreach=True``, the default), which agree bit for bit (tested).
-``mean(G^2)`` is reduced per tensor by the same call in both, so it agrees on every device;
-flip counts are exact integers in both.
+device and dtype (``foreach=True``, the default), which agree bit for bit (tested). The flip has a
+third, fused implementation (``fused=True``: one pass per tensor in a C++ or CUDA kernel,
+:mod:`bso_snn.optim._fused`), also bit-identical (tested; the kernel's ``lerp`` rounding is
+checked against torch's on each device before first use). ``mean(G^2)`` is reduced per tensor
+by the same call in all of them, so it agrees on every device; flip counts are exact integers.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from collections import defaultdict
 
 import torch
 from torch import Tensor
+
+from . import _fused
 
 Scale = Tensor | None
 """T-BSO's ``sqrt(v[t]) + eps``: a positive 0-dim tensor on the parameter's device; ``None`` for
@@ -171,6 +175,7 @@ def flip_(
     beta: float,
     reset_momentum: bool,
     foreach: bool = True,
+    fused: bool = False,
 ) -> list[Tensor]:
     """Update each momentum in place and flip each weight where ``(W*M)/s > gamma``.
 
@@ -184,6 +189,8 @@ def flip_(
         beta: momentum decay.
         reset_momentum: set ``M`` to 0 where a weight flipped.
         foreach: multi-tensor implementation (True) or the single-tensor reference (False).
+        fused: the fused kernel (:mod:`bso_snn.optim._fused`) on every tensor it supports and
+            whose device has it; the others take the multi-tensor path. Overrides ``foreach``.
 
     Returns:
         The number of flipped weights per parameter (0-dim int64 tensors on its device).
@@ -192,8 +199,51 @@ def flip_(
         return []
     if scales is None:
         scales = [None] * len(params)
-    impl = _multi_tensor_flip if foreach else _single_tensor_flip
+    impl = _fused_flip if fused else _multi_tensor_flip if foreach else _single_tensor_flip
     return impl(params, grads, momenta, scales, gamma, beta, reset_momentum)
+
+
+def _fused_flip(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    scales: list[Scale],
+    gamma: float,
+    beta: float,
+    reset_momentum: bool,
+) -> list[Tensor]:
+    """One fused kernel call per (device, scaled) group of supported tensors; the multi-tensor
+    path for the rest (same results: both equal the reference bit for bit)."""
+    groups: dict[tuple[torch.device, bool], list[int]] = defaultdict(list)
+    rest = []
+    for i, (w, g, m, s) in enumerate(zip(params, grads, momenta, scales, strict=True)):
+        if _fused.supports(w, g, m, s) and _fused.unavailable_reason(w.device) is None:
+            groups[(w.device, s is not None)].append(i)
+        else:
+            rest.append(i)
+    counts: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    for (_, scaled), index in groups.items():
+        got = _fused.flip_(
+            _take(params, index),
+            _take(grads, index),
+            _take(momenta, index),
+            _take(scales, index) if scaled else None,
+            gamma=gamma,
+            beta=beta,
+            reset_momentum=reset_momentum,
+        )
+        for i, count in zip(index, got, strict=True):
+            counts[i] = count
+    if rest:
+        taken = (_take(items, rest) for items in (params, grads, momenta, scales))
+        got = _multi_tensor_flip(*taken, gamma, beta, reset_momentum)
+        for i, count in zip(rest, got, strict=True):
+            counts[i] = count
+    return counts
+
+
+def _take(items: list, index: list[int]) -> list:
+    return [items[i] for i in index]
 
 
 # --------------------------------------------------------------------------- T-BSO scales
@@ -252,11 +302,20 @@ def bso(
     beta: float,
     reset_momentum: bool = True,
     foreach: bool = True,
+    fused: bool = False,
 ) -> list[Tensor]:
     """One BSO step in place (flip where ``W*M > gamma``; by default the momentum of a flipped
     weight is reset to 0, as in the authors' code); returns the flip count per parameter."""
     return flip_(
-        params, grads, momenta, None, gamma=gamma, beta=beta, reset_momentum=reset_momentum, foreach=foreach
+        params,
+        grads,
+        momenta,
+        None,
+        gamma=gamma,
+        beta=beta,
+        reset_momentum=reset_momentum,
+        foreach=foreach,
+        fused=fused,
     )
 
 
@@ -274,6 +333,7 @@ def tbso(
     mean_squares: list[Tensor] | None = None,
     reset_momentum: bool = False,
     foreach: bool = True,
+    fused: bool = False,
 ) -> list[Tensor]:
     """One T-BSO step at ``time_step`` in place (flip where ``(W*M)/(sqrt(v[t]) + eps) > gamma``);
     returns the flip count per parameter.
@@ -296,4 +356,5 @@ def tbso(
         beta=beta1,
         reset_momentum=reset_momentum,
         foreach=foreach,
+        fused=fused,
     )

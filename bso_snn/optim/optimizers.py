@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..sign import is_binary_tensor
+from . import _fused
 from . import functional as F
 
 _NONFINITE = ("skip", "raise")
@@ -58,10 +59,26 @@ class _BinaryOptimizer(torch.optim.Optimizer):
 
     _name = "BSO"
 
-    def __init__(self, params: Iterable, defaults: dict[str, Any], *, foreach: bool, nonfinite: str) -> None:
-        if not isinstance(foreach, bool):
+    def __init__(
+        self,
+        params: Iterable,
+        defaults: dict[str, Any],
+        *,
+        foreach: bool | None,
+        fused: bool | None,
+        nonfinite: str,
+    ) -> None:
+        if foreach is not None and not isinstance(foreach, bool):
             raise TypeError(
-                f"foreach={foreach!r} must be True (multi-tensor) or False (single-tensor reference)"
+                f"foreach={foreach!r} must be None (the fastest available), True (multi-tensor) or "
+                f"False (single-tensor reference)"
+            )
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused={fused!r} must be None (the fastest available), True or False")
+        if fused and foreach:
+            raise ValueError(
+                "fused=True and foreach=True cannot be used together (as in torch.optim): pick one "
+                "implementation, or leave both None for the fastest available"
             )
         if nonfinite not in _NONFINITE:
             raise ValueError(
@@ -69,6 +86,7 @@ class _BinaryOptimizer(torch.optim.Optimizer):
                 f"'raise' (raise FloatingPointError before anything is updated)"
             )
         self.foreach = foreach
+        self.fused = fused
         self.nonfinite = nonfinite
         self._flip_counts: dict[int, Tensor] = {}
         super().__init__(params, defaults)
@@ -118,6 +136,30 @@ class _BinaryOptimizer(torch.optim.Optimizer):
                         f"{bad!r}, but every value must be exactly -1 or +1. {self._name} only trains ±1 "
                         f"weights (e.g. model.parameters() of an unconverted model will not do). {_CONVERT_HINT}"
                     )
+            if self.fused:
+                self._check_fused(i, p)
+
+    def _check_fused(self, i: int, p: Tensor) -> None:
+        """``fused=True`` needs the kernel for the parameter's dtype and device (built here on first use)."""
+        reason = _fused.unavailable_reason(p.device)
+        if p.dtype not in _fused.FUSED_DTYPES:
+            reason = f"the kernel handles {[str(d) for d in _fused.FUSED_DTYPES]}, not {p.dtype}"
+        if reason is not None:
+            raise RuntimeError(
+                f"{self._name}(fused=True): parameter {i} ({p.dtype} on {p.device}) cannot use the fused "
+                f"kernel: {reason}. Leave fused=None to use it wherever it is available, or pass fused=False"
+            )
+
+    def _implementation(self, params: list[Tensor]) -> dict[str, bool]:
+        """``foreach`` / ``fused`` for the functional update, torch.optim's way: an explicit choice
+        is kept; with both None the fused kernel is used wherever it is available (it equals the
+        reference bit for bit), the multi-tensor path elsewhere (warned once per device when the
+        kernel could not be built)."""
+        default = self.fused is None and self.foreach is None
+        if default:
+            for device in {p.device for p in params if p.device.type in ("cpu", "cuda")}:
+                _fused.warn_unavailable_once(device)
+        return {"foreach": self.foreach is not False, "fused": bool(self.fused) or default}
 
     # ---------------------------------------------------------------- time index (T-BSO only)
     def reset_time_step(self) -> None:
@@ -254,7 +296,11 @@ class BSO(_BinaryOptimizer):
         reset_momentum: set the momentum of a flipped weight to 0 (default True, as the authors'
             BSO; False keeps it, as in Bop).
         weight_decay: must be 0 (binary weights cannot decay); present to refuse it clearly.
-        foreach: use the multi-tensor implementation (default) or the single-tensor reference.
+        foreach: ``True``: the multi-tensor implementation; ``False``: the single-tensor reference.
+        fused: ``True``: the fused kernel (one pass per tensor; C++ on CPU, CUDA C on GPUs, built
+            on first use; refused at construction when it cannot be used). With ``foreach`` and
+            ``fused`` both ``None`` (the default) the fused kernel is used wherever it is available
+            and the multi-tensor path elsewhere; all three give bit-identical results.
         nonfinite: ``'skip'`` a parameter whose gradient has a NaN/inf (its weights and state are
             kept; a warning names it) or ``'raise'`` ``FloatingPointError`` before updating.
 
@@ -271,11 +317,12 @@ class BSO(_BinaryOptimizer):
         *,
         reset_momentum: bool = True,
         weight_decay: float = 0.0,
-        foreach: bool = True,
+        foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str = "skip",
     ) -> None:
         defaults = dict(gamma=gamma, beta=beta, reset_momentum=reset_momentum, weight_decay=weight_decay)
-        super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite)
+        super().__init__(params, defaults, foreach=foreach, fused=fused, nonfinite=nonfinite)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
@@ -291,7 +338,7 @@ class BSO(_BinaryOptimizer):
             gamma=float(group["gamma"]),
             beta=float(group["beta"]),
             reset_momentum=group["reset_momentum"],
-            foreach=self.foreach,
+            **self._implementation(params),
         )
 
 
@@ -322,7 +369,7 @@ class TBSO(_BinaryOptimizer):
             (paper: ``(1 - 1e-3, 1 - 1e-5)``).
         eps: ``> 0``, added to ``sqrt(v[t])`` (the authors' code: 1e-10).
         time_steps: ``T``, the number of time steps per sequence (required).
-        reset_momentum, weight_decay, foreach, nonfinite: as in :class:`BSO`. A parameter is
+        reset_momentum, weight_decay, foreach, fused, nonfinite: as in :class:`BSO`. A parameter is
             skipped as non-finite when ``mean(G^2)`` is not finite (a NaN/inf gradient, or one
             whose square overflows), so ``v`` never becomes NaN or inf.
     """
@@ -339,7 +386,8 @@ class TBSO(_BinaryOptimizer):
         time_steps: int,
         reset_momentum: bool = False,
         weight_decay: float = 0.0,
-        foreach: bool = True,
+        foreach: bool | None = None,
+        fused: bool | None = None,
         nonfinite: str = "skip",
     ) -> None:
         defaults = dict(
@@ -351,7 +399,7 @@ class TBSO(_BinaryOptimizer):
             reset_momentum=reset_momentum,
             weight_decay=weight_decay,
         )
-        super().__init__(params, defaults, foreach=foreach, nonfinite=nonfinite)
+        super().__init__(params, defaults, foreach=foreach, fused=fused, nonfinite=nonfinite)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups and "time_step" not in param_group:
@@ -453,7 +501,7 @@ class TBSO(_BinaryOptimizer):
             eps=float(group["eps"]),
             mean_squares=probes,
             reset_momentum=group["reset_momentum"],
-            foreach=self.foreach,
+            **self._implementation(params),
         )
 
     def _advance(self, group: dict[str, Any]) -> None:
