@@ -63,6 +63,8 @@ else
     "$VPY" -m pip install -q -e '.[dev,docs]'
     # SpikingJelly's core needs only numpy + loguru; its declared deps (torchvision, torchaudio, ...) are not needed.
     "$VPY" -m pip install -q --no-deps spikingjelly==2.0.0 'loguru>=0.7,<1' snntorch==1.0.0
+    # The [shd] extra: h5py needs only numpy (already in .venv).
+    "$VPY" -m pip install -q --no-deps h5py==3.16.0
     # The classic SpikingJelly release, importable only with PYTHONPATH=.deps/sj14 (pytest run 2).
     # CuPy too: 0.0.0.0.14's backend='cupy' needs it at construction (it imports without a GPU;
     # kernels are never run here). cupy-cuda12x needs numpy (in .venv) and cuda-pathfinder.

@@ -63,5 +63,21 @@ CATALOG: dict[str, DatasetSpec] = {
             1,
             "CIFAR10-DVS events -> T frames, 48x48",
         ),
+        DatasetSpec(
+            "dvs-gesture",
+            11,
+            (2, 32, 32),
+            True,
+            "dvs_gesture:load",
+            1,
+            "DVS128 Gesture events -> T frames, 32x32",
+        ),
+        DatasetSpec(
+            "shd", 20, (700,), True, "shd:load", 1, "Spiking Heidelberg Digits (HDF5) -> T bins x 700"
+        ),
+        DatasetSpec("mnist-rows", 10, (28,), True, "row_mnist:load", 1, "MNIST read row by row (T=28)"),
+        DatasetSpec(
+            "fashion-mnist-rows", 10, (28,), True, "row_mnist:load", 1, "Fashion-MNIST read row by row (T=28)"
+        ),
     )
 }
