@@ -6,7 +6,8 @@
 Each page runs in a fresh temporary folder with one torch thread and ``BSO_SNN_DATA`` at ``./data``
 (exactly as ``tests/test_docs.py`` runs it); the images the page shows are then copied to
 ``docs/tutorials/<path>``. Wall seconds per page, with the machine and the commit, are merged into
-``benchmarks/results/tutorials.json`` (the times the tutorial pages state).
+``benchmarks/results/tutorials.json``, and the table between ``<!-- times -->`` and ``<!-- /times -->``
+in ``docs/tutorials/index.md`` is rewritten from it (the times the tutorial pages state).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "tutorials.json"
+INDEX = REPO / "docs" / "tutorials" / "index.md"
 
 
 def _docs_runner():
@@ -75,6 +77,20 @@ def run_one(docs, page: Path) -> float:
     return seconds
 
 
+def write_times_table(results: dict) -> None:
+    """The measured wall times as a Markdown table inside ``INDEX``'s ``<!-- times -->`` markers."""
+    rows = ["| tutorial | wall time |", "|---|---|"]
+    rows += [
+        f"| {name.split('-', 1)[0].lstrip('0')} | {sec:.0f} s |"
+        for name, sec in sorted(results["pages"].items())
+    ]
+    rows.append(f"| **all {len(results['pages'])}** | **{results['total_s']:.0f} s** |")
+    text = INDEX.read_text()
+    head, rest = text.split("<!-- times -->", 1)
+    _, tail = rest.split("<!-- /times -->", 1)
+    INDEX.write_text(head + "<!-- times -->\n" + "\n".join(rows) + "\n<!-- /times -->" + tail)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +112,7 @@ def main() -> None:
     results["command"] = "python scripts/run_tutorials.py " + " ".join(args.pages)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_times_table(results)
     print(f"total {results['total_s']} s over {len(results['pages'])} pages -> {RESULTS.relative_to(REPO)}")
 
 
