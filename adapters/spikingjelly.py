@@ -27,6 +27,7 @@ from torch import nn
 from bso_snn._classswap import original_class
 from bso_snn.layers import binarize_layer, is_binary_layer
 from bso_snn.registry import refuse_layer, refuse_neuron, register_layer, register_neuron
+from bso_snn.traces import ORDERED_CONTAINERS
 
 from .spikingjelly_layers import (
     FlatStepsMixin,
@@ -151,6 +152,7 @@ def _container_glue() -> dict[type, type]:
 
 
 _CONTAINER_GLUE = _container_glue()
+ORDERED_CONTAINERS.update((layer.SeqToANNContainer, layer.MultiStepContainer, layer.StepModeContainer))
 
 
 def after_convert(model: nn.Module) -> None:

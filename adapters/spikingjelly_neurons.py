@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from bso_snn._classswap import original_class, swap_class
-from bso_snn.online.state import clear_membrane_history, detach_state, tag_output
+from bso_snn.online.state import clear_published, detach_state, ndot_p, publish_step, records_ndot
 from bso_snn.registry import NeuronSupport
 
 from .spikingjelly_release import CLASSIC
@@ -69,23 +69,25 @@ def _detach_memories(neuron: nn.Module) -> None:
     detach_state(neuron, tuple(neuron._memories))
 
 
-def _tagged(neuron: nn.Module, out: torch.Tensor, h_before: list) -> torch.Tensor:
-    # tag_output needs a tensor that is not a view; SpikingJelly's outputs normally are not.
-    return tag_output(neuron, out if out._base is None else out.clone(), h_before)
+def _p(neuron: nn.Module, spike: torch.Tensor) -> torch.Tensor:
+    """NDOT's ``p[t] = h[t] - V_th s[t]``: ``v`` is the membrane after firing and reset."""
+    return ndot_p(neuron.v, spike, neuron.v_threshold)
 
 
 class OnlineMixin:
     """Online mode for a SpikingJelly neuron (see the module docstring)."""
 
-    _bso_in_multi_step = False  # True while multi_step_forward runs (its steps are tagged there)
+    _bso_in_multi_step = False  # True while multi_step_forward runs (its steps are published there)
+    bso_publishes_membrane = True
     bso_fused_local_kernel = False  # 0.0.0.0.14 CuPy LIF: one call with a time-local backward kernel
 
     def single_step_forward(self, x: torch.Tensor, *args, **kwargs):
         if self._bso_in_multi_step:  # a multi-step implementation looping over single steps
             return super().single_step_forward(x, *args, **kwargs)
         _detach_memories(self)
-        h_before = self.v
-        return _tagged(self, super().single_step_forward(x, *args, **kwargs), [h_before])
+        spike = super().single_step_forward(x, *args, **kwargs)
+        self.bso_steps_run = 1
+        return publish_step(self, spike, [_p(self, spike)] if records_ndot(self) else None)
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         check_cupy_device(self, x_seq)
@@ -96,25 +98,28 @@ class OnlineMixin:
             from .spikingjelly_cupy import fused_forward
 
             return fused_forward(self, super().multi_step_forward, x_seq)
-        outputs, h_before, v_seqs = [], [], []
+        outputs, ps, v_seqs = [], [], []
+        record = records_ndot(self)
         self._bso_in_multi_step = True
         try:
             for t in range(x_seq.shape[0]):
                 _detach_memories(self)
-                h_before.append(self.v)
                 step_args = tuple(a[t : t + 1] if isinstance(a, torch.Tensor) else a for a in args)
                 outputs.append(super().multi_step_forward(x_seq[t : t + 1], *step_args, **kwargs))
+                if record:
+                    ps.append(_p(self, outputs[-1][0]))
                 if self.store_v_seq:
                     v_seqs.append(self.v_seq)
         finally:
             self._bso_in_multi_step = False
         if v_seqs:
             self.v_seq = torch.cat(v_seqs)
-        return _tagged(self, torch.cat(outputs), h_before)
+        self.bso_steps_run = len(outputs)
+        return publish_step(self, torch.cat(outputs), ps if record else None)
 
     def reset(self) -> None:
         super().reset()
-        clear_membrane_history(self)
+        clear_published(self)
 
 
 def is_online(neuron: nn.Module) -> bool:

@@ -12,7 +12,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from . import registry
+from . import registry, traces
 from .layers import is_binary_layer
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -248,6 +248,9 @@ def convert(
             finish = getattr(adapter, "after_convert", None)
             if finish is not None:
                 finish(model)
+        traces.set_recording(model, trace == "ndot")  # neurons compute p[t] only for NDOT
+        if trace == "ndot":
+            traces.link_sequential(model)
     except BaseException:
         snapshot.restore()
         raise

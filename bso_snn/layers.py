@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from . import traces
 from ._classswap import swap_class
 from .sign import is_binary_tensor, sign
-from .traces import accumulate_trace, find_membrane_history, trace_decay
 
 
 class _TracedLinear(torch.autograd.Function):
@@ -169,9 +169,10 @@ class BinaryLayerMixin:
         if not (self.bso_tracing and self.training and torch.is_grad_enabled()) or self._bso_time_free(x):
             return super().forward(x)
         x_seq, layout = self._bso_as_sequence(x)
-        self._bso_check_steps(x, x_seq.shape[0])
+        neuron = traces.presynaptic_neuron(self, x)
+        self._bso_check_steps(x, x_seq.shape[0], neuron)
         self._bso_check_trace(x_seq)
-        trace_seq = accumulate_trace(self.bso_trace, x_seq.detach(), trace_decay(self, x, x_seq))
+        trace_seq = self._bso_traces(x_seq.detach(), neuron)
         self.bso_trace = trace_seq[-1]
         out = traced_op(self, x_seq.flatten(0, 1), trace_seq.flatten(0, 1))
         if layout == "m":
@@ -207,21 +208,67 @@ class BinaryLayerMixin:
                 f"(and after moving the model)"
             )
 
-    def _bso_check_steps(self, x: torch.Tensor, steps: int) -> None:
+    def _bso_check_steps(self, x: torch.Tensor, steps: int, neuron: nn.Module | None) -> None:
         """An input that comes straight from an online neuron must hold as many time steps as
         the neuron just ran; otherwise (e.g. a single-step layer fed a multi-step neuron's
         ``[T, N, *]`` output, traced as one step of batch ``T``) the trace would be silently wrong."""
-        history = find_membrane_history(x)
-        if history is None or len(history.h_before) == steps:
+        ran = None if neuron is None else getattr(neuron, "bso_steps_run", None)
+        if ran is None or ran == steps:
             return
         mode = "flat" if self.bso_flat_steps is not None else self._bso_step_mode()
         raise RuntimeError(
             f"{type(self).__name__} is in step_mode={mode!r} but its input {tuple(x.shape)} comes from "
-            f"a neuron that just ran {len(history.h_before)} time step(s), while the layer reads "
+            f"a neuron that just ran {ran} time step(s), while the layer reads "
             f"{steps}, so its trace would be wrong. Give the layer the neuron's step mode: "
             f"bso_snn.online.set_step_mode(model, 'm') (SpikingJelly: functional.set_step_mode) after "
             f"bso_snn.convert, or set layer.bso_step_mode."
         )
+
+    def _bso_traces(self, x_seq: torch.Tensor, neuron: nn.Module | None) -> torch.Tensor:
+        """The trace of every step of ``x_seq`` (``[T, N, *]``), OTTT or NDOT."""
+        name = type(self).__name__
+        if self.bso_lam is None:
+            raise RuntimeError(
+                f"{name} has no trace decay: pass lam=... to bso_snn.convert or set layer.bso_lam"
+            )
+        if self.bso_trace_mode == "ottt":
+            return traces.accumulate_trace(self.bso_trace, x_seq, self.bso_lam)
+        if self.bso_trace_mode != "ndot":
+            raise ValueError(f"{name}.bso_trace_mode={self.bso_trace_mode!r}; use 'ottt' or 'ndot'")
+        p_seq = self._bso_presynaptic_p(x_seq, neuron)
+        previous = getattr(self, traces.PREVIOUS_P_ATTR, None)
+        if self.bso_trace is not None and (previous is None or previous.shape != x_seq.shape[1:]):
+            raise RuntimeError(
+                f"{name} holds a trace but no p[t-1] of its presynaptic neuron for it (the layer "
+                f"switched to NDOT mid-sequence, or its state was set by hand). Reset with "
+                f"bso_snn.reset(model) before each new sequence"
+            )
+        trace_seq, last_p = traces.ndot_traces(self.bso_trace, previous, x_seq, p_seq, self.bso_lam)
+        setattr(self, traces.PREVIOUS_P_ATTR, last_p)
+        return trace_seq
+
+    def _bso_presynaptic_p(self, x_seq: torch.Tensor, neuron: nn.Module | None) -> torch.Tensor:
+        """``p[t]`` of the presynaptic neuron for every step of ``x_seq``, shaped like it."""
+        name = f"{type(self).__name__} ({self.extra_repr()})"
+        if neuron is None:
+            raise RuntimeError(
+                f"{name} uses trace='ndot', but its input is not the output of an online neuron "
+                f"that publishes its membrane (or a reshaping view of it, such as Flatten): something "
+                f"sits in between, e.g. MaxPool, Dropout, a residual add, or it is the network input; "
+                f"or the neuron is one whose membrane bso-snn cannot read (snnTorch's). NDOT needs the "
+                f"presynaptic neuron's membrane. Use OTTT for this layer (layer.bso_trace_mode = "
+                f"'ottt', or convert(..., trace='ottt')), or keep it float with convert(..., filter_fn=...)."
+            )
+        p_seq = getattr(neuron, traces.NDOT_P_ATTR, None)
+        if not traces.records_ndot(neuron) or p_seq is None:
+            traces.link_presynaptic(self, neuron)  # records from its next call on
+            raise RuntimeError(
+                f"{name} uses trace='ndot' but its presynaptic neuron {type(neuron).__name__} did not "
+                f"record its membrane in this step (it now does). Convert with "
+                f"bso_snn.convert(model, trace='ndot') so that neurons record from the start, then "
+                f"call bso_snn.reset(model) and run the sequence again"
+            )
+        return p_seq.reshape(x_seq.shape).to(x_seq.dtype)
 
     def _bso_step_mode(self) -> str:
         mode = getattr(self, "step_mode", None)

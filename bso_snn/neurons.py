@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._classswap import swap_class
-from .online.state import clear_membrane_history, detach_state, tag_output
+from .online.state import clear_published, detach_state, ndot_p, publish_step, records_ndot
 from .registry import NeuronSupport, register_neuron
 
 __all__ = ["LIF", "atan_spike"]
@@ -137,7 +137,7 @@ class LIF(nn.Module):
     def reset(self) -> None:
         """Back to rest: ``v = v_initial``, no NDOT history."""
         self.v = self.v_initial
-        clear_membrane_history(self)
+        clear_published(self)
 
     def extra_repr(self) -> str:
         reset = "soft" if self.v_reset is None else f"hard({self.v_reset})"
@@ -150,20 +150,31 @@ class LIF(nn.Module):
 class OnlineMixin:
     """Online mode for :class:`LIF`: the state is detached before every time step (also inside
     a multi-step call, so one backward over ``[T, N, *]`` gives the OTTT-accumulated gradient),
-    and each output carries the membrane history NDOT traces read. Numerics are unchanged."""
+    and each call publishes what NDOT layers read (``p[t] = h[t] - V_th s[t]`` per step, with
+    ``h[t]`` the membrane after firing and reset, when recording). Numerics are unchanged."""
+
+    bso_publishes_membrane = True
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         detach_state(self, ("v",))
-        h_before = self.v
-        return tag_output(self, super().single_step_forward(x), [h_before])
+        spike = super().single_step_forward(x)
+        detach_state(self, ("v",))  # the next step starts from it detached anyway (also deep-copyable)
+        self.bso_steps_run = 1
+        p = [ndot_p(self.v, spike, self.v_threshold)] if records_ndot(self) else None
+        return publish_step(self, spike, p)
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        spikes, h_before = [], []
+        spikes, ps = [], []
+        record = records_ndot(self)
         for x in x_seq:
             detach_state(self, ("v",))
-            h_before.append(self.v)
-            spikes.append(super().single_step_forward(x))
-        return tag_output(self, torch.stack(spikes), h_before)
+            spike = super().single_step_forward(x)
+            detach_state(self, ("v",))
+            spikes.append(spike)
+            if record:
+                ps.append(ndot_p(self.v, spike, self.v_threshold))
+        self.bso_steps_run = len(spikes)
+        return publish_step(self, torch.stack(spikes), ps if record else None)
 
 
 def _make_online(neuron: LIF) -> None:

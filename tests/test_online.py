@@ -235,7 +235,7 @@ def test_reset_is_recursive_and_local():
         la.bso_trace is not None for la in layers
     )
     bso_snn.reset(net)
-    assert all(n.v == 0.0 and n._bso_ndot_h_prev is None for n in neurons)
+    assert all(n.v == 0.0 and n._bso_ndot_p is None for n in neurons)
     assert all(la.bso_trace is None for la in layers)
     assert all(isinstance(m.v, torch.Tensor) for m in other.modules() if isinstance(m, LIF))
     assert all(m.bso_trace is not None for m in other.modules() if bso_snn.is_binary_layer(m))

@@ -1,18 +1,21 @@
 """Online training: traces, neuron state cut between steps, reset, the per-step loop."""
 
-from ..traces import accumulate_trace
+from ..traces import accumulate_trace, link_presynaptic
 from .loop import StepResult, evaluate, set_step_mode, train_step
 from .reset import reset
-from .state import clear_membrane_history, detach_state, tag_output
+from .state import clear_published, detach_state, ndot_p, publish_step, records_ndot
 
 __all__ = [
     "StepResult",
     "accumulate_trace",
-    "clear_membrane_history",
+    "clear_published",
     "detach_state",
     "evaluate",
+    "link_presynaptic",
+    "ndot_p",
+    "publish_step",
+    "records_ndot",
     "reset",
     "set_step_mode",
-    "tag_output",
     "train_step",
 ]

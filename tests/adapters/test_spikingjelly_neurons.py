@@ -62,11 +62,13 @@ def _build(kind: str, step_mode: str, seed: int = 0) -> nn.Sequential:
     return net
 
 
-def _ndot_decay(h_prev: torch.Tensor, h_prev2: torch.Tensor, lam: float) -> torch.Tensor:
-    """NDOT: clamp(h[t-1] / h[t-2], -lam, lam), and sign(h[t-1]) * lam (+lam for 0) where h[t-2] == 0."""
-    out = torch.empty_like(h_prev)
-    for i, (a, b) in enumerate(zip(h_prev.flatten().tolist(), h_prev2.flatten().tolist(), strict=True)):
-        ratio = (lam if a >= 0 else -lam) if b == 0 else a / b
+def _ndot_factor(p: torch.Tensor, p_prev: torch.Tensor, lam: float) -> torch.Tensor:
+    """The authors' NDOT decay (HaiyanJiang/SNN-DNOT, OnlineLIFNode): clamp(p[t] / p[t-1], -lam, lam),
+    lam where an operand or the quotient is NaN/inf or p[t-1] == 0."""
+    out = torch.empty_like(p)
+    for i, (a, b) in enumerate(zip(p.flatten().tolist(), p_prev.flatten().tolist(), strict=True)):
+        ratio = lam if b == 0 or not (math.isfinite(a) and math.isfinite(b)) else a / b
+        ratio = lam if not math.isfinite(ratio) else ratio
         out.view(-1)[i] = min(max(ratio, -lam), lam)
     return out
 
@@ -75,28 +77,31 @@ def reference_gradients(
     net: nn.Sequential, x: torch.Tensor, target: torch.Tensor, lam: float, trace: str = "ottt"
 ) -> dict:
     """OTTT (or NDOT) by hand on an *unconverted* copy: the neuron state is cut between steps, and
-    the middle layer (±1 weights) gets dL/dW = sum_t g[t]^T a_hat[t], a_hat[t] = mu[t] a_hat[t-1] + s[t]
-    with mu = lam (OTTT) or the first neuron's h[t-1] / h[t-2] clamped to [-lam, lam] (NDOT), h being
-    its membrane after firing and reset."""
+    the middle layer (±1 weights) gets dL/dW = sum_t g[t]^T a_hat[t], a_hat[t] = mu[t] a_hat[t-1] + s[t],
+    a_hat[0] = s[0], with mu = lam (OTTT) or the authors' P[t] = clamp(p[t] / p[t-1]) of the first
+    neuron (NDOT), p[t] = h[t] - V_th s[t], h[t] its membrane after firing and reset."""
     ref = copy.deepcopy(net)
     with torch.no_grad():
         ref[2].weight.copy_(bso_snn.sign(ref[2].weight))
     n1, n2 = ref[1], ref[3]
     v1 = torch.zeros(N, D_HID) + (n1.v_reset or 0.0)
     v2 = torch.zeros(N, D_HID) + (n2.v_reset or 0.0)
-    a_hat = torch.zeros(N, D_HID)
+    a_hat = p_prev = None
     grad_w2 = torch.zeros_like(ref[2].weight)
-    h = [v1.clone(), v1.clone()]  # h[t-2], h[t-1]
     for t in range(T):
-        mu = lam if trace == "ottt" else _ndot_decay(h[1], h[0], lam)
         s1, v1 = _fire_and_reset(n1, _charge(n1, v1.detach(), ref[0](x[t])))
-        h = [h[1], v1.detach().clone()]
+        p = v1.detach() - n1.v_threshold * s1.detach()
+        if a_hat is None:
+            a_hat = s1.detach()
+        else:
+            mu = lam if trace == "ottt" else _ndot_factor(p, p_prev, lam)
+            a_hat = mu * a_hat + s1.detach()
+        p_prev = p
         z2 = ref[2](s1)
         z2.retain_grad()
         s2, v2 = _fire_and_reset(n2, _charge(n2, v2.detach(), z2))
         loss = 0.5 * (ref[4](s2) - target[t]).pow(2).sum()
         loss.backward()
-        a_hat = mu * a_hat + s1.detach()
         grad_w2 += z2.grad.t() @ a_hat
     grads = {name: p.grad.clone() for name, p in ref.named_parameters()}
     grads["2.weight"] = grad_w2
@@ -138,7 +143,7 @@ def test_online_gradients_equal_hand_written_ottt(kind, step_mode):
 
 
 @pytest.mark.parametrize("step_mode", ["s", "m"])
-@pytest.mark.parametrize("kind", ["LIF-hard", "LIF-soft-nodecay"])
+@pytest.mark.parametrize("kind", list(NEURONS))
 def test_ndot_gradients_equal_hand_written_ndot(kind, step_mode):
     """The online neurons publish their membrane after reset, which NDOT traces read."""
     _, lam, lam_arg = NEURONS[kind]
