@@ -181,3 +181,32 @@ def keep_recurrent_float(model: nn.Module) -> Callable[[nn.Module, str], bool]:
     ``model``'s ``RLeaky``/``RSynaptic`` neurons float (identified by object, not by name)."""
     recurrent = {id(m) for m in recurrent_layers(model)}
     return lambda module, name: id(module) not in recurrent
+
+
+def _leaky_nir(node: nn.Module, ctx):
+    """``Leaky`` with ``reset_mechanism='zero'`` -> ``nir.LIF`` (``bso_snn.export.leaky_node``):
+    ``mem[t] = beta * mem[t-1] + I[t]``, spike when ``mem > threshold``, reset to 0. With a zero
+    reset, ``reset_delay`` changes only the membrane snnTorch returns at the spiking step, not
+    the spikes. Other resets, and per-neuron or graded parameters, are refused."""
+    from bso_snn.export import ExportError, leaky_node
+
+    who = f"{ctx.name} (Leaky)"
+    if node.reset_mechanism != "zero":
+        raise ExportError(
+            f"{who}: reset_mechanism={node.reset_mechanism!r}; NIR's LIF resets the membrane to v_reset, "
+            f"which is snnTorch's reset_mechanism='zero' only (a subtractive reset has no NIR equivalent)"
+        )
+    beta = node.beta.clamp(0, 1)
+    threshold = node.threshold
+    if beta.numel() != 1 or threshold.numel() != 1 or float(node.graded_spikes_factor) != 1.0:
+        raise ExportError(f"{who}: per-neuron beta/threshold or graded spikes are not exported; use scalars")
+    return leaky_node(ctx.output_shape, float(beta), float(threshold), ctx.dt, ctx.name)
+
+
+def _register_nir() -> None:
+    from bso_snn.export import register_nir
+
+    register_nir(Leaky, _leaky_nir)
+
+
+_register_nir()

@@ -29,6 +29,7 @@ from bso_snn.layers import binarize_layer, is_binary_layer
 from bso_snn.registry import refuse_layer, refuse_neuron, register_layer, register_neuron
 from bso_snn.traces import ORDERED_CONTAINERS
 
+from . import spikingjelly_nir
 from .spikingjelly_layers import (
     FlatStepsMixin,
     PerStepMixin,
@@ -214,3 +215,4 @@ def use_fused_local_kernel(model: nn.Module, enabled: bool = True) -> list[str]:
 
 
 _register()
+spikingjelly_nir.register()

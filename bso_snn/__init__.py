@@ -17,6 +17,7 @@ from . import (
 )
 from .checkpoint import load_packed, packed_size, save_packed
 from .convert import ConversionReport, convert
+from .export import export_nir
 from .layers import binarize_layer, binary_parameters, is_binary_layer
 from .neurons import LIF
 from .online import StepResult, evaluate, reset, train_step
@@ -43,6 +44,7 @@ __all__ = [
     "binary_parameters",
     "convert",
     "evaluate",
+    "export_nir",
     "is_binary_layer",
     "load_packed",
     "make_optimizer",

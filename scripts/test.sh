@@ -65,6 +65,9 @@ else
     "$VPY" -m pip install -q --no-deps spikingjelly==2.0.0 'loguru>=0.7,<1' snntorch==1.0.0
     # The [shd] extra: h5py needs only numpy (already in .venv).
     "$VPY" -m pip install -q --no-deps h5py==3.16.0
+    # NIR export (bso_snn.export_nir) and the two libraries' NIR readers: nir needs numpy + h5py,
+    # nirtorch needs torch + nir (--no-deps: nothing may replace the pinned torch).
+    "$VPY" -m pip install -q --no-deps nir==1.0.8 nirtorch==2.6
     # The classic SpikingJelly release, importable only with PYTHONPATH=.deps/sj14 (pytest run 2).
     # CuPy too: 0.0.0.0.14's backend='cupy' needs it at construction (it imports without a GPU;
     # kernels are never run here). cupy-cuda12x needs numpy (in .venv) and cuda-pathfinder.
@@ -76,7 +79,7 @@ else
     "$VPY" -m pip install -q --no-deps --target "$SNN_094" snntorch==0.9.4
     echo "$want" >"$STAMP"
 fi
-"$VPY" -c "import torch, spikingjelly, snntorch, bso_snn; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+"$VPY" -c "import torch, spikingjelly, snntorch, bso_snn, nir, nirtorch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())"
 
 phase "data (MNIST, Fashion-MNIST)"
 "$VPY" -m bso_snn.data fetch mnist fashion-mnist
