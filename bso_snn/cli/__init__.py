@@ -27,8 +27,23 @@ from .models import ECOSYSTEMS, MODELS
 OPTIMIZERS = ("tbso", "bso", "fp")
 UPDATES = ("realtime", "accumulated")
 EXIT_USAGE, EXIT_DATA, EXIT_OUTPUT, EXIT_ECOSYSTEM, EXIT_CHECKPOINT, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
-RESUME_KEEPS = ("threads", "data_root")
+RESUME_KEEPS = ("threads", "data_root", "device", "workers")
 """Options a resumed run may set anew (where and how fast it runs, not what it computes)."""
+
+
+def _at_least(minimum: int):
+    """An argparse type: an int >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a int") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    return parse
 
 
 def _at_least_one(kind):
@@ -135,6 +150,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="also write RUN_DIR/checkpoint.pt every N batches (it is always written at each epoch's end)",
+    )
+    t.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N; under torchrun, cuda means "
+        "each process's cuda:LOCAL_RANK",
+    )
+    t.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: the forward pass under bfloat16 autocast (weights, gradients and optimizer "
+        "state stay float32; binary weights stay exactly ±1)",
+    )
+    t.add_argument(
+        "--workers",
+        type=_at_least(0),
+        default=0,
+        help="data loader worker processes (default 0: load in the training process)",
+    )
+    t.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="several processes (torchrun): BatchNorm statistics over the global batch (SyncBatchNorm)",
+    )
+    t.add_argument(
+        "--check-ranks",
+        action="store_true",
+        help="several processes: after every optimizer step, check that all ranks hold bit-identical "
+        "parameters and optimizer state (one all-gather of SHA-256 digests per step; for testing)",
     )
     t.add_argument(
         "--resume",
@@ -286,6 +330,11 @@ def _config_from_args(args: argparse.Namespace):
         width=args.width,
         threads=args.threads,
         checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+        sync_bn=args.sync_bn,
+        check_ranks=args.check_ranks,
     )
 
 
@@ -318,42 +367,84 @@ def _resume_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
         cfg = TrainConfig(**saved)
     except TypeError as exc:
         return f"--resume {out}: {CHECKPOINT} holds an unknown config ({exc})", None, None
-    cfg.threads = args.threads
+    cfg.threads, cfg.device, cfg.workers = args.threads, args.device, args.workers
     if args.data_root is not None:
         cfg.data_root = args.data_root
     return cfg, payload, out
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .models import EcosystemMissingError, ModelInputError
-    from .runstate import CHECKPOINT
-    from .train import RunInterrupted, train
+    """``bso-snn train``: checks the device and process layout, joins the process group under
+    torchrun, runs :func:`_run_train` and leaves the group."""
+    from . import parallel
 
     if args.optimizer == "fp" and args.update is not None:
         parser.error(
             "--update applies to tbso/bso only; the fp baseline is trained with backprop through time"
         )
+    rank, world_size, local_rank = parallel.launch_layout()
+    if world_size == 1 and (args.sync_bn or args.check_ranks):
+        flag = "--sync-bn" if args.sync_bn else "--check-ranks"
+        parser.error(
+            f"{flag} needs several processes; start them with: torchrun --nproc_per_node N -m bso_snn train ..."
+        )
+    if world_size > 1 and args.resume is not None:
+        parser.error("--resume of a run of several processes is not supported; resume it in one process")
+    try:
+        device = parallel.resolve_device(args.device, local_rank, world_size)
+    except parallel.DeviceError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    if args.sync_bn and device.type != "cuda":
+        parser.error(f"--sync-bn needs --device cuda (torch's SyncBatchNorm runs on GPUs only), got {device}")
+    runtime = parallel.Runtime(device, rank, world_size, local_rank)
+    parallel.start(runtime)
+    try:
+        return _run_train(args, parser, runtime)
+    finally:
+        parallel.finish(runtime)
+
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, runtime) -> int:
+    from . import parallel
+    from .models import EcosystemMissingError, ModelInputError
+    from .runstate import CHECKPOINT
+    from .train import RunInterrupted, train
+
+    main_rank = runtime.is_main
+    say = print if main_rank else _quiet
+
+    def fail(message: str, code: int) -> int:
+        return _error(message, code) if main_rank else code
+
     created: list[Path] = []
     if args.resume is not None:
         cfg, payload, out = _resume_config(args, parser)
         if payload is None:
-            return _error(cfg, EXIT_CHECKPOINT)
+            return fail(cfg, EXIT_CHECKPOINT)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else Path("runs") / f"{stamp}-{args.dataset}-{args.optimizer}"
-        problem, created = _prepare_out(out)
+        problem, created = _prepare_out(out) if main_rank else (None, [])  # rank 0 alone writes the run
+        problem = parallel.from_main(problem, runtime)
         if problem:
-            return _error(problem, EXIT_OUTPUT)
+            return fail(problem, EXIT_OUTPUT)
         cfg, payload = _config_from_args(args), None
-    print(
-        "bso-snn train " + " ".join(f"{k}={v}" for k, v in cfg.__dict__.items() if v is not None), flush=True
-    )
+    runtime.amp = cfg.amp
+    say("bso-snn train " + " ".join(f"{k}={v}" for k, v in cfg.__dict__.items() if v is not None), flush=True)
+    if runtime.distributed:
+        say(
+            f"{runtime.world_size} processes ({runtime.device.type}, backend "
+            f"{'nccl' if runtime.device.type == 'cuda' else 'gloo'}); rank 0 writes {out}",
+            flush=True,
+        )
     if payload is not None:
-        print(f"resuming {out} at epoch {payload['epoch'] + 1}, step {payload['step']}", flush=True)
+        say(f"resuming {out} at epoch {payload['epoch'] + 1}, step {payload['step']}", flush=True)
     threads = torch.get_num_threads()
     try:
         with _StopRequest() as stop:
-            metrics = train(cfg, out, resume=payload, stop=lambda: stop.received is not None)
+            metrics = train(
+                cfg, out, resume=payload, stop=lambda: stop.received is not None, runtime=runtime, log=say
+            )
     except RunInterrupted as exc:
         print(
             f"bso-snn: interrupted after step {exc.step} (epoch {exc.epoch + 1}, batch {exc.batch}); the run "
@@ -362,16 +453,21 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
         return EXIT_INTERRUPTED
     except (DatasetNotFoundError, DatasetChecksumError) as exc:
-        return _error(str(exc), EXIT_DATA)
+        return fail(str(exc), EXIT_DATA)
     except EcosystemMissingError as exc:
-        return _error(str(exc), EXIT_ECOSYSTEM)
+        return fail(str(exc), EXIT_ECOSYSTEM)
     except ModelInputError as exc:
-        return _error(f"--model {cfg.model} does not fit --dataset {cfg.dataset}: {exc}", EXIT_USAGE)
+        return fail(f"--model {cfg.model} does not fit --dataset {cfg.dataset}: {exc}", EXIT_USAGE)
     finally:
         _remove_empty(created)  # a run that failed before its first checkpoint leaves no folder behind
         torch.set_num_threads(threads)  # train() sets --threads; callers of main() get theirs back
-    print(_summary(metrics, out))
+    if main_rank:
+        print(_summary(metrics, out))
     return 0
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    """``print`` of the ranks other than 0."""
 
 
 def main(argv: list[str] | None = None) -> int:

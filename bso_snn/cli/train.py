@@ -37,14 +37,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import checkpoint, convert, data, reset
 from .._atomic import atomic_write, atomic_write_text
 from ..convert import ConversionReport, load_adapters
 from ..online import evaluate, train_step
 from ..summary import summary
-from . import runstate
+from . import parallel, runstate
 from .models import build_model, convert_filter
 
 TEST_HOLD_ENV = "BSO_SNN_TEST_HOLD_AT_STEP"
@@ -70,6 +70,11 @@ class TrainConfig:
     threads: int = 1
     log_every: int = 10  # flip-rate samples per epoch
     checkpoint_every: int | None = None  # batches between mid-epoch checkpoints (None: epoch ends only)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (see bso_snn.cli.parallel)
+    amp: bool = False  # forward under bfloat16 autocast
+    workers: int = 0  # DataLoader worker processes
+    sync_bn: bool = False  # several processes: SyncBatchNorm
+    check_ranks: bool = False  # several processes: compare parameters and optimizer state after every step
 
 
 class RunInterrupted(Exception):
@@ -171,16 +176,29 @@ def time_major(x: torch.Tensor, T: int, temporal: bool) -> torch.Tensor:
     return x.transpose(0, 1) if temporal else x.unsqueeze(0).expand(T, *x.shape)
 
 
-def _accuracy(model: nn.Module, loader: DataLoader, T: int, temporal: bool = False) -> float:
+def _accuracy(
+    model: nn.Module,
+    loader: DataLoader,
+    T: int,
+    temporal: bool = False,
+    runtime: parallel.Runtime | None = None,
+    forward: nn.Module | None = None,
+) -> float:
+    """Test accuracy of ``model`` (called through ``forward``, e.g. its autocast wrapper); with several
+    processes each rank counts its shard and the counts are summed."""
+    device = runtime.device if runtime is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     correct = total = 0
     with torch.no_grad():
         for x, y in loader:
-            out = evaluate(model, time_major(x, T, temporal))
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = evaluate(forward or model, time_major(x, T, temporal))
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
     model.train(was_training)
+    if runtime is not None:
+        correct, total = parallel.sum_over_ranks([correct, total], runtime)
     return correct / total
 
 
@@ -245,33 +263,60 @@ def train(
     *,
     resume: dict | None = None,
     stop: Callable[[], bool] = lambda: False,
+    runtime: parallel.Runtime | None = None,
 ) -> dict:
     """Train per ``cfg``; writes ``checkpoint.pt`` (every epoch end, every ``checkpoint_every``
     batches), then ``metrics.json``, ``loss_acc.png``, ``flip_rate.png`` and the model
     (``model.bsosnn.pt``, or ``model.pt`` for fp) to ``out``, each atomically.
 
     ``resume``: a payload from :func:`bso_snn.cli.runstate.load_run` to continue from.
+    ``runtime``: device and processes (default: ``cfg.device``, one process). With several
+    processes only rank 0 logs and writes files; the others return ``{}``.
     """
     from tqdm import tqdm
 
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
+    if runtime is None:
+        runtime = parallel.Runtime(parallel.resolve_device(cfg.device), amp=cfg.amp)
+    if not runtime.is_main:
+        log = _silent
     setup = build_setup(cfg, log)
     spec = data.CATALOG[cfg.dataset]
     model = setup.model
+    if cfg.sync_bn and runtime.distributed:
+        model = setup.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(runtime.device)
+    if runtime.distributed:
+        torch.manual_seed(cfg.seed + runtime.rank)  # each rank its own augmentation draws
     optimizer, bin_opt, index_names = _make_optimizer(model, cfg)
+    forward = parallel.forward_model(model, runtime, train=True)
+    eval_forward = parallel.forward_model(model, runtime, train=False)
+    rank_check = None
+    if cfg.check_ranks and runtime.distributed:
+        rank_check = parallel.RankCheck(model, optimizer, optimizer, runtime)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     numel = {n: p.numel() for n, p in model.named_parameters() if n in index_names.values()}
     counter = FlipCounter(index_names, bin_opt) if bin_opt is not None else None
-    order = runstate.EpochOrder(len(setup.train_set), cfg.seed)
+    if runtime.distributed:
+        order = DistributedSampler(
+            setup.train_set, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=cfg.seed
+        )
+    else:
+        order = runstate.EpochOrder(len(setup.train_set), cfg.seed)
+    pin = runtime.device.type == "cuda"
     train_loader = DataLoader(
         setup.train_set,
         batch_size=cfg.batch_size,
         sampler=order,
+        num_workers=cfg.workers,
+        pin_memory=pin,
         generator=torch.Generator().manual_seed(cfg.seed),  # the loader's own draws leave torch's RNG alone
     )
-    test_loader = DataLoader(setup.test_set, batch_size=512)
-    batches = math.ceil(len(setup.train_set) / cfg.batch_size)
+    test_loader = DataLoader(
+        parallel.test_shard(setup.test_set, runtime), batch_size=512, num_workers=cfg.workers, pin_memory=pin
+    )
+    batches = math.ceil(len(order) / cfg.batch_size)
     progress = Progress()
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -286,6 +331,8 @@ def train(
     log_interval = max(1, batches // cfg.log_every)
 
     def save_checkpoint() -> None:
+        if not runtime.is_main:
+            return
         runstate.save_run(
             out / runstate.CHECKPOINT,
             {
@@ -312,7 +359,7 @@ def train(
 
     def interrupt_if_asked(saved: bool) -> None:
         _hold_for_test(progress.step, stop)
-        if stop():
+        if parallel.any_rank(stop(), runtime):
             if not saved:
                 save_checkpoint()
             raise RunInterrupted(out, progress.epoch, progress.batch, progress.step)
@@ -321,7 +368,10 @@ def train(
     while progress.epoch < cfg.epochs:
         epoch = progress.epoch
         t_epoch = time.perf_counter()
-        order.set_position(epoch, progress.batch * cfg.batch_size)
+        if runtime.distributed:
+            order.set_epoch(epoch)
+        else:
+            order.set_position(epoch, progress.batch * cfg.batch_size)
         bar = tqdm(
             train_loader,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -330,13 +380,15 @@ def train(
             total=batches,
             file=sys.stderr,
             mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line every 10 s
+            disable=not runtime.is_main,
         )
         for x, y in bar:
+            x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
             inputs = time_major(x, cfg.T, spec.temporal)
             if cfg.optimizer == "fp":
-                loss, output = _bptt_step(model, inputs, y, optimizer)
+                loss, output = _bptt_step(forward, inputs, y, optimizer)
             else:
-                result = train_step(model, inputs, y, F.cross_entropy, optimizer, update=cfg.update)
+                result = train_step(forward, inputs, y, F.cross_entropy, optimizer, update=cfg.update)
                 loss, output = result.loss, result.output
             progress.loss_sum += loss * len(y)
             progress.correct += (output.argmax(1) == y).sum().item()
@@ -357,7 +409,7 @@ def train(
                 interrupt_if_asked(saved=due)
         bar.close()
         scheduler.step()
-        test_acc = _accuracy(model, test_loader, cfg.T, spec.temporal)
+        test_acc = _accuracy(model, test_loader, cfg.T, spec.temporal, runtime, eval_forward)
         seconds = progress.epoch_seconds + time.perf_counter() - t_epoch
         progress.history.append(
             {
@@ -378,10 +430,16 @@ def train(
         save_checkpoint()
         interrupt_if_asked(saved=True)
     train_seconds = progress.seconds + time.perf_counter() - t_start
-    return _write_results(cfg, out, setup, counter, numel, progress, train_seconds)
+    if not runtime.is_main:
+        return {}
+    return _write_results(cfg, out, setup, counter, numel, progress, train_seconds, runtime, rank_check)
 
 
-def _write_results(cfg, out, setup, counter, numel, progress, train_seconds) -> dict:
+def _silent(*_args, **_kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def _write_results(cfg, out, setup, counter, numel, progress, train_seconds, runtime, rank_check) -> dict:
     """The model file, ``metrics.json`` and the two plots, each written atomically."""
     from .plots import plot_flip_rate, plot_loss_acc
 
@@ -398,6 +456,10 @@ def _write_results(cfg, out, setup, counter, numel, progress, train_seconds) -> 
         "test_acc": history[-1]["test_acc"],
         "epochs": history,
         "seconds_total": train_seconds,
+        "device": str(runtime.device),
+        "world_size": runtime.world_size,
+        "amp": f"autocast {parallel.AMP_DTYPE}".replace("torch.", "") if runtime.amp else None,
+        "rank_check": {"steps_verified": rank_check.steps} if rank_check else None,
         "peak_rss_mb": {"before_training": progress.rss_before, "end": peak_rss_mb()},
         "model_size": model_sizes(model),
         "checkpoint": {"file": ckpt.name, "bytes": ckpt.stat().st_size, "bit_packed": report is not None},
