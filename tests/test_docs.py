@@ -130,7 +130,7 @@ def image_sources(page: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", TUTORIALS, ids=[p.name for p in TUTORIALS])
-def test_tutorial_runs_and_makes_the_figures_it_shows(page, docs_env, tmp_path):
+def test_tutorial_runs_and_makes_the_figures_it_shows(page, docs_env, tmp_path, restore_registry):
     assert run_page(page) > 0, f"{page.name} has no python block to run"
     shown = image_sources(page)
     assert shown, f"{page.name} shows no figure; every tutorial makes and shows at least one"
