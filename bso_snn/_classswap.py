@@ -9,8 +9,10 @@ and the original class (both importable).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 _CACHE: dict[tuple[type, type], type] = {}
@@ -21,8 +23,38 @@ def _rebuild(mixin: type, base: type) -> nn.Module:
     return cls.__new__(cls)
 
 
+def _detached(value: Any) -> Any:
+    """``value`` with every non-leaf tensor in it (also inside dicts, lists and tuples) detached."""
+    if isinstance(value, torch.Tensor):
+        return value.detach() if value.grad_fn is not None else value
+    if isinstance(value, dict):
+        if not any(_has_graph(v) for v in value.values()):
+            return value
+        copied = copy.copy(value)  # keeps the dict's type (OrderedDict, ...)
+        for k, v in value.items():
+            copied[k] = _detached(v)
+        return copied
+    if isinstance(value, (list, tuple)) and any(_has_graph(v) for v in value):
+        return type(value)(_detached(v) for v in value)
+    return value
+
+
+def _has_graph(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.grad_fn is not None
+    if isinstance(value, dict):
+        return any(_has_graph(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_graph(v) for v in value)
+    return False
+
+
 def _reduce_ex(self: nn.Module, protocol: int) -> tuple[Any, ...]:
-    return (_rebuild, (type(self)._bso_mixin, type(self)._bso_base), self.__dict__)
+    """Pickle/deepcopy through :func:`_rebuild`. State still attached to an autograd graph (a
+    neuron's membrane right after a training step) is saved detached: only graph leaves can be
+    copied, and the graph is not part of the module."""
+    state = {k: _detached(v) for k, v in self.__dict__.items()}
+    return (_rebuild, (type(self)._bso_mixin, type(self)._bso_base), state)
 
 
 def swapped_class(mixin: type, base: type) -> type:

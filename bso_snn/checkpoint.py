@@ -149,9 +149,48 @@ def _read(path: str) -> dict:
             f"{path} has packed-checkpoint version {payload.get('version')!r}; this bso-snn reads "
             f"version {VERSION}. Load it with the bso-snn release that wrote it."
         )
+    _check_structure(payload, path)
     if payload.get("sha256") != _checksum(payload):
         raise ValueError(f"{path}: checksum mismatch, the file is corrupted; nothing was loaded")
     return payload
+
+
+_BINARY_ENTRY = {"shape": list, "dtype": str, "layer": str, "bits": torch.Tensor}
+
+
+def _check_structure(payload: dict, path: str) -> None:
+    """Every key and type the loader reads, checked before it reads them (a damaged file gives
+    this error, never a bare KeyError or TypeError)."""
+
+    def broken(what: str) -> ValueError:
+        return ValueError(f"{path} is damaged: {what}; nothing was loaded. Save the model again")
+
+    if not isinstance(payload.get("sha256"), str):
+        raise broken("it has no sha256 checksum")
+    for part in ("binary", "float"):
+        if not isinstance(payload.get(part), dict):
+            raise broken(f"its {part!r} section is missing or not a dict")
+    for key, entry in payload["binary"].items():
+        if not isinstance(entry, dict):
+            raise broken(f"binary entry {key!r} is a {type(entry).__name__}, not a dict")
+        for field, kind in _BINARY_ENTRY.items():
+            if not isinstance(entry.get(field), kind):
+                raise broken(f"binary entry {key!r} lacks {field!r} (a {kind.__name__})")
+        if not all(isinstance(n, int) and n >= 0 for n in entry["shape"]):
+            raise broken(f"binary entry {key!r} has shape {entry['shape']!r}")
+        if entry["bits"].dtype != torch.uint8 or entry["bits"].dim() != 1:
+            raise broken(
+                f"binary entry {key!r} holds bits of dtype {entry['bits'].dtype}, not a flat uint8 tensor"
+            )
+        needed = (int(np.prod(entry["shape"], dtype=np.int64)) + 7) // 8
+        if entry["bits"].numel() != needed:
+            raise broken(
+                f"binary entry {key!r} of shape {tuple(entry['shape'])} needs {needed} bytes of bits, "
+                f"the file holds {entry['bits'].numel()}"
+            )
+    for key, value in payload["float"].items():
+        if not isinstance(value, torch.Tensor):
+            raise broken(f"float entry {key!r} is a {type(value).__name__}, not a tensor")
 
 
 def _shape_dtype_error(path: str, key: str, what: str, in_file: object, in_model: object) -> ValueError:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import registry, traces
-from .layers import is_binary_layer
+from .layers import guard_state_dict_loads, is_binary_layer
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -244,6 +244,7 @@ def convert(
             for name, module, support in neurons:
                 support.make_online(module)
                 report.online_neurons.append(name)
+        guard_state_dict_loads(model)  # a refused load_state_dict changes nothing
         for adapter in adapters:  # library-specific finishing touches (e.g. SpikingJelly's reset_net)
             finish = getattr(adapter, "after_convert", None)
             if finish is not None:

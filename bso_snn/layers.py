@@ -173,22 +173,15 @@ class BinaryLayerMixin:
         self._bso_check_steps(x, x_seq.shape[0], neuron)
         self._bso_check_trace(x_seq)
         trace_seq = self._bso_traces(x_seq.detach(), neuron)
-        self.bso_trace = trace_seq[-1]
         out = traced_op(self, x_seq.flatten(0, 1), trace_seq.flatten(0, 1))
+        self.bso_trace = trace_seq[-1]  # only once the step succeeded: a failed call changes nothing
         if layout == "m":
             return out.reshape(x_seq.shape[0], x_seq.shape[1], *out.shape[1:])
         return out
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Refuse a weight that is not ±1 (e.g. a float checkpoint loaded after conversion)."""
-        for name in self.bso_binary_parameters:
-            value = state_dict.get(prefix + name)
-            if isinstance(value, torch.Tensor) and not is_binary_tensor(value):
-                raise RuntimeError(
-                    f"{prefix + name}: the state_dict holds values other than ±1 for the weight of a "
-                    f"binary {type(self).__name__}. Load float checkpoints before bso_snn.convert, or "
-                    f"pass the weight through bso_snn.sign first"
-                )
+        _check_binary_entries(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_trace(self) -> None:
@@ -315,6 +308,33 @@ class BinaryLayerMixin:
     def extra_repr(self) -> str:
         base = super().extra_repr()
         return f"{base}, binary, lam={self.bso_lam}, trace={self.bso_trace_mode}"
+
+
+def _check_binary_entries(layer: nn.Module, state_dict, prefix: str) -> None:
+    for name in layer.bso_binary_parameters:
+        value = state_dict.get(prefix + name)
+        if isinstance(value, torch.Tensor) and not is_binary_tensor(value):
+            raise RuntimeError(
+                f"{prefix + name}: the state_dict holds values other than ±1 for the weight of a "
+                f"binary {type(layer).__name__}. Load float checkpoints before bso_snn.convert, or "
+                f"pass the weight through bso_snn.sign first; nothing was loaded"
+            )
+
+
+def check_binary_state(module: nn.Module, state_dict, prefix: str, *_) -> None:
+    """``load_state_dict`` pre-hook (``convert`` registers it on the model): every binary weight
+    in ``state_dict`` must be ±1, checked before any tensor is copied, so a refused load leaves
+    the whole model unchanged (the per-layer check alone would fire after earlier layers loaded)."""
+    for name, sub in module.named_modules():
+        if is_binary_layer(sub):
+            _check_binary_entries(sub, state_dict, f"{prefix}{name}." if name else prefix)
+
+
+def guard_state_dict_loads(model: nn.Module) -> None:
+    """Register :func:`check_binary_state` on ``model`` once."""
+    hooks = model._load_state_dict_pre_hooks.values()
+    if not any(getattr(h, "hook", None) is check_binary_state for h in hooks):
+        model.register_load_state_dict_pre_hook(check_binary_state)
 
 
 def is_binary_layer(module: nn.Module) -> bool:

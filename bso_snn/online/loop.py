@@ -71,6 +71,11 @@ def _check(inputs: torch.Tensor, update: str | None, step_mode: str, output_layo
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a tensor [T, N, ...] (time first), got {shape}")
+    if inputs.shape[0] == 0 or inputs.shape[1] == 0:
+        raise ValueError(
+            f"inputs {tuple(inputs.shape)} holds no {'time step' if inputs.shape[0] == 0 else 'sample'}: "
+            f"[T, N, ...] needs T >= 1 and N >= 1 (skip empty batches, e.g. DataLoader(drop_last=True))"
+        )
 
 
 def _start_sequence(model: nn.Module, optimizer: Optimizer) -> None:
@@ -192,6 +197,12 @@ def train_step(
     and gradients are zeroed at the start (and after each real-time step).
     """
     _check(inputs, update, step_mode, output_layout)
+    if not model.training:
+        raise ValueError(
+            f"train_step: the model ({type(model).__name__}) is in eval mode, where binary layers keep no "
+            f"trace and BatchNorm uses its running statistics; call model.train() first (use "
+            f"bso_snn.evaluate for inference)"
+        )
     steps = inputs.shape[0]
     _start_sequence(model, optimizer)
     optimizer.zero_grad()

@@ -10,6 +10,7 @@ checkpoints.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
@@ -95,7 +96,7 @@ class HybridOptimizer(torch.optim.Optimizer):
     :class:`~bso_snn.optim.ParamScheduler` on the hybrid itself.
     """
 
-    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+    def __init__(self, *optimizers: torch.optim.Optimizer, nonfinite: str | None = None) -> None:
         if not optimizers:
             raise ValueError(
                 "HybridOptimizer needs at least one optimizer, e.g. HybridOptimizer(TBSO(...), SGD(...))"
@@ -118,6 +119,7 @@ class HybridOptimizer(torch.optim.Optimizer):
                             f"(bso_snn.optim.split_parameters(model) splits a model's parameters)"
                         )
                     owner[id(p)] = i
+        self.nonfinite = _one_policy(optimizers, nonfinite)
         self.optimizers = tuple(optimizers)
         # torch.optim.Optimizer's own __init__ would copy the groups; its __setstate__ sets up
         # exactly the hooks and step profiling an optimizer needs, with the groups left live.
@@ -143,10 +145,10 @@ class HybridOptimizer(torch.optim.Optimizer):
         return _MergedState(self.optimizers)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"defaults": self.defaults, "optimizers": self.optimizers}
+        return {"defaults": self.defaults, "optimizers": self.optimizers, "nonfinite": self.nonfinite}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.optimizers = state["optimizers"]
+        self.optimizers, self.nonfinite = state["optimizers"], state["nonfinite"]
         torch.optim.Optimizer.__setstate__(self, {"defaults": state["defaults"]})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -168,15 +170,61 @@ class HybridOptimizer(torch.optim.Optimizer):
                     )
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """Evaluate ``closure`` once (if given), then step every inner optimizer."""
+        """Evaluate ``closure`` once (if given), check everything, then step every inner optimizer.
+
+        The checks come first, so a refused step changes no inner optimizer (their time indices
+        stay aligned): the binary groups' hyperparameters, and the non-finite policy over every
+        gradient (``'raise'``: ``FloatingPointError`` before any update; ``'skip'``: float
+        parameters with a NaN/inf gradient are left out of this step with a warning, binary ones
+        are skipped by their own optimizer).
+        """
         self._check_placeholder_lr()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for opt in self.optimizers:
-            opt.step()
+            check = getattr(opt, "_check_group", None)
+            for group in opt.param_groups if check is not None else ():
+                check(group)
+        skipped = self._nonfinite_float_grads()
+        saved = [(p, p.grad) for p in skipped]
+        for p in skipped:
+            p.grad = None  # torch optimizers leave a parameter without gradient (and its state) alone
+        try:
+            for opt in self.optimizers:
+                opt.step()
+        finally:
+            for p, grad in saved:
+                p.grad = grad
         return loss
+
+    def _nonfinite_float_grads(self) -> list[Tensor]:
+        """Float parameters whose gradient holds a NaN or inf (in ``'raise'`` mode: every
+        parameter, and it raises). One host sync."""
+        everything = self.nonfinite == "raise"
+        params, index = [], []
+        position = 0
+        for opt in self.optimizers:
+            checked = everything or not hasattr(opt, "nonfinite")
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if checked and p.grad is not None and not p.grad.is_sparse and p.grad.numel():
+                        params.append(p)
+                        index.append(position)
+                    position += 1
+        if not params:
+            return []
+        sums = [p.grad.sum(dtype=torch.promote_types(p.grad.dtype, torch.float32)) for p in params]
+        finite = torch.stack([s.to(torch.float64) for s in sums]).isfinite().tolist()
+        bad = [i for i, ok in zip(index, finite, strict=True) if not ok]
+        if not bad:
+            return []
+        message = f"HybridOptimizer: non-finite gradient (NaN or inf) in parameter(s) {bad} (indices over param_groups)"
+        if self.nonfinite == "raise":
+            raise FloatingPointError(message + "; nothing was updated in this step")
+        warnings.warn(message + "; their update was skipped and their values and state kept", stacklevel=3)
+        return [p for p, ok in zip(params, finite, strict=True) if not ok]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
@@ -246,6 +294,21 @@ class HybridOptimizer(torch.optim.Optimizer):
         return f"HybridOptimizer(\n  {inner}\n)"
 
 
+def _one_policy(optimizers, nonfinite: str | None) -> str:
+    """The hybrid's non-finite policy: the one its bso-snn optimizers share (default ``'skip'``)."""
+    policies = {opt.nonfinite for opt in optimizers if hasattr(opt, "nonfinite")}
+    if nonfinite is not None and nonfinite not in ("skip", "raise"):
+        raise ValueError(f"nonfinite={nonfinite!r} must be 'skip' or 'raise'")
+    if nonfinite is not None:
+        policies.add(nonfinite)
+    if len(policies) > 1:
+        raise ValueError(
+            f"HybridOptimizer: its optimizers disagree on non-finite gradients ({sorted(policies)}); one "
+            f"policy covers binary and float parameters: give every BSO/TBSO (and the hybrid) the same nonfinite"
+        )
+    return policies.pop() if policies else "skip"
+
+
 KINDS = ("tbso", "bso", "fp")
 """What :func:`make_optimizer` builds: T-BSO or BSO on the binary weights (plus a float optimizer
 on the rest), or ``'fp'``: the float optimizer on every parameter (an unconverted model)."""
@@ -257,6 +320,7 @@ def make_optimizer(
     *,
     time_steps: int | None = None,
     float_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    nonfinite: str = "skip",
     **binary_kwargs: Any,
 ) -> HybridOptimizer:
     """The one place optimizer kinds are dispatched (``bso-snn train`` calls it too).
@@ -270,6 +334,8 @@ def make_optimizer(
         float_optimizer: ``params -> Optimizer`` for the real parameters; default
             ``SGD(params, lr=0.1)`` (the paper's learning rate; add momentum, weight decay and a
             cosine schedule as you need). Not built when the model has no real parameter.
+        nonfinite: the one policy for NaN/inf gradients of every parameter, binary and float:
+            ``'skip'`` (that parameter's update is skipped, with a warning) or ``'raise'``.
         **binary_kwargs: passed to :class:`BSO` / :class:`TBSO` (``gamma``, ``beta``/``betas``, ...).
     """
     if kind not in KINDS:
@@ -285,16 +351,16 @@ def make_optimizer(
                 f"make_optimizer(kind='fp') trains no binary weights; {sorted(binary_kwargs)} are BSO/T-BSO "
                 f"settings. Configure the float optimizer through float_optimizer=..."
             )
-        return HybridOptimizer(build([p for p in model.parameters() if p.requires_grad]))
+        return HybridOptimizer(build([p for p in model.parameters() if p.requires_grad]), nonfinite=nonfinite)
     binary, real = split_parameters(model)
     if kind == "tbso":
         if time_steps is None:
             raise ValueError(
                 "make_optimizer(kind='tbso') needs time_steps=T (the number of time steps per sequence)"
             )
-        inner = [TBSO(binary, time_steps=time_steps, **binary_kwargs)]
+        inner = [TBSO(binary, time_steps=time_steps, nonfinite=nonfinite, **binary_kwargs)]
     else:
-        inner = [BSO(binary, **binary_kwargs)]
+        inner = [BSO(binary, nonfinite=nonfinite, **binary_kwargs)]
     if real:
         inner.append(build(real))
-    return HybridOptimizer(*inner)
+    return HybridOptimizer(*inner, nonfinite=nonfinite)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,7 +48,8 @@ class FlipStat:
 
 
 def _check_number(name: str, value: Any, low: float, high: float, *, high_open: bool, hint: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # numbers.Real: Python and numpy numbers alike (np.float32(1e-6) is a valid gamma)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and low <= value and (value < high if high_open else value <= high)
     if not ok:
         interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
@@ -88,6 +90,7 @@ class _BinaryOptimizer(torch.optim.Optimizer):
         self.foreach = foreach
         self.fused = fused
         self.nonfinite = nonfinite
+        self._hyperparameters = tuple(defaults)  # what a saved group of this type must hold
         self._flip_counts: dict[int, Tensor] = {}
         super().__init__(params, defaults)
 
@@ -224,10 +227,117 @@ class _BinaryOptimizer(torch.optim.Optimizer):
             params, grads, probes, indices = (
                 _kept(items, keep) for items in (params, grads, probes, indices)
             )
-            counts = self._update(group, params, grads, probes)
+            counts = self._update_in_state_dtype(group, params, grads, probes)
             self._flip_counts.update(zip(indices, counts, strict=True))
             self._advance(group)
         return loss
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling and ``copy.deepcopy`` keep the settings (the base class keeps only
+        defaults, state and param groups)."""
+        settings = {k: self.__dict__[k] for k in ("foreach", "nonfinite", "_hyperparameters")}
+        return {**super().__getstate__(), **settings, "_flip_counts": {}}
+
+    # ---------------------------------------------------------------- state dtype and loading
+    _state_keys: tuple[str, ...] = ("momentum",)
+
+    def _update_in_state_dtype(self, group, params, grads, probes) -> list[Tensor]:
+        """``_update``, with half-precision (bf16/fp16) parameters updated through float32
+        copies (exact: the weights are ±1), so their state is float32: in bf16 the momentum's
+        ``lerp`` by ``1 - beta = 1e-3`` rounds away (0.125 instead of 0.497 after 5,000 steps
+        of G = 0.5)."""
+        low = [i for i, p in enumerate(params) if F.second_moment_dtype(p) != p.dtype]
+        if not low:
+            return self._update(group, params, grads, probes)
+        work, work_grads = list(params), list(grads)
+        for i in low:
+            dtype = F.second_moment_dtype(params[i])
+            work[i], work_grads[i] = params[i].detach().to(dtype), grads[i].to(dtype)
+            state = self.state[params[i]]
+            for key in self._state_keys:
+                if key in state and state[key].dtype != dtype:
+                    state[key] = state[key].to(dtype)
+            self.state[work[i]] = state  # the copy shares the parameter's state dict
+        try:
+            counts = self._update(group, work, work_grads, probes)
+            for i in low:
+                params[i].copy_(work[i])
+        finally:
+            for i in low:
+                del self.state[work[i]]
+        return counts
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, after checking everything first (a
+        refused state leaves the optimizer unchanged): the optimizer type (the saved groups
+        have this optimizer's hyperparameters), valid hyperparameters, the same ``time_steps``,
+        and state tensors of the right shape holding finite values. State stays in its own
+        dtype (float32 for half-precision parameters); the base class would cast it."""
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            p = params[index]
+            for key in self._state_keys:
+                if key in saved:
+                    self.state[p][key] = saved[key].to(
+                        device=p.device, dtype=F.second_moment_dtype(p), copy=True
+                    )
+
+    def _check_loadable(self, state_dict: Any) -> None:
+        name = f"{self._name}.load_state_dict"
+        if not (isinstance(state_dict, dict) and {"state", "param_groups"} <= state_dict.keys()):
+            raise ValueError(
+                f"{name} expects a dict from {self._name}.state_dict() (keys 'state', 'param_groups')"
+            )
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"{name}: the saved state has {len(groups)} param group(s), this optimizer {len(self.param_groups)}"
+            )
+        for i, (saved, mine) in enumerate(zip(groups, self.param_groups, strict=True)):
+            missing = sorted(set(self._hyperparameters) - set(saved))
+            if missing:
+                keys = sorted(set(saved) - {"params"})
+                raise ValueError(
+                    f"{name}: saved param group {i} lacks {missing}, so it was saved by another optimizer "
+                    f"type (its hyperparameters are {keys}); load a state dict saved by {self._name}"
+                )
+            if len(saved["params"]) != len(mine["params"]):
+                raise ValueError(
+                    f"{name}: saved param group {i} has {len(saved['params'])} parameters, this one "
+                    f"{len(mine['params'])}; build the optimizer on the same parameters"
+                )
+            if "time_steps" in mine and saved["time_steps"] != mine["time_steps"]:
+                raise ValueError(
+                    f"{name}: the state was saved with time_steps={saved['time_steps']!r} but this {self._name} "
+                    f"has time_steps={mine['time_steps']!r}; build it with time_steps={saved['time_steps']!r}"
+                )
+            self._check_group({**saved, "params": mine["params"]})
+        params = [p for group in self.param_groups for p in group["params"]]
+        expected = {"momentum": lambda p, g: tuple(p.shape), "v": lambda p, g: (g["time_steps"],)}
+        owner = [g for g in groups for _ in g["params"]]
+        for index, saved in state_dict["state"].items():
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(params):
+                raise ValueError(
+                    f"{name}: state index {index!r} is not one of this optimizer's 0..{len(params) - 1}"
+                )
+            unknown = sorted(set(saved) - set(self._state_keys))
+            if unknown:
+                raise ValueError(
+                    f"{name}: parameter {index}'s state has {unknown}, which {self._name} does not keep "
+                    f"(it keeps {list(self._state_keys)}); the state was saved by another optimizer type"
+                )
+            for key, value in saved.items():
+                shape = expected[key](params[index], owner[index])
+                if not isinstance(value, Tensor) or tuple(value.shape) != shape:
+                    got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                    raise ValueError(f"{name}: parameter {index}'s {key} is {got}, expected shape {shape}")
+                if not bool(value.isfinite().all()):
+                    raise ValueError(
+                        f"{name}: parameter {index}'s {key} holds NaN or inf (that layer would never flip "
+                        f"again); the saved state is damaged, nothing was loaded"
+                    )
 
     def _probe(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """Per gradient, a 0-dim tensor that is not finite when the gradient holds a NaN or inf:
@@ -375,6 +485,7 @@ class TBSO(_BinaryOptimizer):
     """
 
     _name = "TBSO"
+    _state_keys = ("momentum", "v")
 
     def __init__(
         self,
@@ -507,16 +618,6 @@ class TBSO(_BinaryOptimizer):
     def _advance(self, group: dict[str, Any]) -> None:
         """One step further in the sequence; with ``time_steps=1`` every step is index 0."""
         group["time_step"] = 0 if group["time_steps"] == 1 else group["time_step"] + 1
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer.load_state_dict``, keeping ``v`` in its own dtype
-        (the base class would cast it to the parameter's dtype)."""
-        super().load_state_dict(state_dict)
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, saved in state_dict["state"].items():
-            if "v" in saved:
-                p = params[index]
-                self.state[p]["v"] = saved["v"].to(device=p.device, dtype=F.second_moment_dtype(p), copy=True)
 
 
 def _kept(items: list, keep: list[bool]) -> list:

@@ -33,15 +33,14 @@ class ParamScheduler:
     def __init__(self, optimizer: Any, key: str, fn: Callable[[int], Factor], last_epoch: int = -1) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(epoch) -> factor, got {fn!r}")
-        self.groups = [group for group in optimizer.param_groups if key in group]
+        self.optimizer = optimizer
+        self.key = key
         if not self.groups:
             keys = sorted({k for group in optimizer.param_groups for k in group if k != "params"})
             raise KeyError(
                 f"ParamScheduler: no param group of {type(optimizer).__name__} has the key {key!r}; "
                 f"the groups have {keys}"
             )
-        self.optimizer = optimizer
-        self.key = key
         self.fn = fn
         initial = f"initial_{key}"
         for group in self.groups:
@@ -52,12 +51,20 @@ class ParamScheduler:
         self.last_epoch = last_epoch
         self.step()
 
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        """The optimizer's param groups that have ``key``, looked up on every use: after
+        ``optimizer.load_state_dict`` (which replaces the group dicts) the scheduler keeps working."""
+        return [group for group in self.optimizer.param_groups if self.key in group]
+
     def step(self) -> None:
         """Move to the next epoch and set the scheduled values."""
         self.last_epoch += 1
         factor = self.fn(self.last_epoch)
+        initial = f"initial_{self.key}"
         for group in self.groups:
-            group[self.key] = _scale(group[f"initial_{self.key}"], factor, self.key)
+            group.setdefault(initial, group[self.key])  # a group added after construction starts here
+            group[self.key] = _scale(group[initial], factor, self.key)
 
     def get_last_value(self) -> list[Any]:
         """The current value of ``key`` in each scheduled group."""
