@@ -235,7 +235,8 @@ class _BinaryOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         """Pickling and ``copy.deepcopy`` keep the settings (the base class keeps only
         defaults, state and param groups)."""
-        settings = {k: self.__dict__[k] for k in ("foreach", "nonfinite", "_hyperparameters")}
+        keys = ("foreach", "fused", "nonfinite", "_hyperparameters")
+        settings = {k: self.__dict__[k] for k in keys if k in self.__dict__}
         return {**super().__getstate__(), **settings, "_flip_counts": {}}
 
     # ---------------------------------------------------------------- state dtype and loading
