@@ -145,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", default=None, help="data folder (default: $BSO_SNN_DATA, else ./data)")
     t.add_argument("--out", default=None, help="run folder (default: runs/<time>-<dataset>-<optimizer>)")
     t.add_argument(
+        "--recipe",
+        choices=("paper",),
+        default=None,
+        help="paper: the BSO authors' optimizers, schedules and loss (bso_snn.recipes.paper; SGD lr 0.1 "
+        "momentum 0.9 for the float layers, the paper's gamma and betas decayed x0.1 every 50 epochs, "
+        "CE + 0.05 MSE); data, model, --T, --batch-size and --epochs stay as given",
+    )
+    t.add_argument(
         "--checkpoint-every",
         type=_at_least_one(int),
         default=None,
@@ -335,6 +343,7 @@ def _config_from_args(args: argparse.Namespace):
         workers=args.workers,
         sync_bn=args.sync_bn,
         check_ranks=args.check_ranks,
+        recipe=args.recipe,
     )
 
 
@@ -378,6 +387,19 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     torchrun, runs :func:`_run_train` and leaves the group."""
     from . import parallel
 
+    if args.recipe is not None:
+        defaults = parser.parse_args(["train"])
+        clashing = [
+            flag
+            for flag, key in (("--lr", "lr"), ("--gamma", "gamma"))
+            if getattr(args, key) != getattr(defaults, key)
+        ]
+        if args.optimizer == "fp" or clashing:
+            parser.error(
+                f"--recipe {args.recipe} sets the optimizers itself (T-BSO/BSO and SGD lr 0.1, the paper's "
+                f"gamma); it cannot be combined with "
+                + (f"{' and '.join(clashing)}" if clashing else "--optimizer fp")
+            )
     if args.optimizer == "fp" and args.update is not None:
         parser.error(
             "--update applies to tbso/bso only; the fp baseline is trained with backprop through time"

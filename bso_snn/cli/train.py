@@ -75,6 +75,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes
     sync_bn: bool = False  # several processes: SyncBatchNorm
     check_ranks: bool = False  # several processes: compare parameters and optimizer state after every step
+    recipe: str | None = None  # "paper": optimizers, schedules and loss of bso_snn.recipes.paper
 
 
 class RunInterrupted(Exception):
@@ -232,6 +233,10 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig):
     built by :func:`bso_snn.optim.make_optimizer` as a user would."""
     from ..optim import make_optimizer
 
+    if cfg.recipe == "paper":
+        optimizer = paper_recipe(cfg).optimizer_for(model, update=cfg.update)
+        return optimizer, optimizer.optimizers[0], _binary_names(model, optimizer.optimizers[0])
+
     def adam(params):
         return torch.optim.Adam(params, lr=cfg.lr)
 
@@ -242,9 +247,21 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig):
         model, cfg.optimizer, time_steps=time_steps, float_optimizer=adam, gamma=cfg.gamma
     )
     bin_opt = optimizer.optimizers[0]
+    return optimizer, bin_opt, _binary_names(model, bin_opt)
+
+
+def _binary_names(model: nn.Module, bin_opt) -> dict[int, str]:
     names = {id(p): n for n, p in model.named_parameters()}
-    index_names = {i: names[id(p)] for i, p in enumerate(bin_opt.param_groups[0]["params"])}
-    return optimizer, bin_opt, index_names
+    return {i: names[id(p)] for i, p in enumerate(bin_opt.param_groups[0]["params"])}
+
+
+def paper_recipe(cfg: TrainConfig):
+    """``bso_snn.recipes.paper`` for the run's dataset (DVS data: ``'dvs'``, CIFAR-100:
+    ``'cifar100'``, anything else the CIFAR-10 recipe), optimizer and ``T``."""
+    from ..recipes import paper
+
+    name = "dvs" if "dvs" in cfg.dataset else ("cifar100" if cfg.dataset == "cifar100" else "cifar10")
+    return paper(name, optimizer=cfg.optimizer, time_steps=cfg.T)
 
 
 def _hold_for_test(step: int, stop: Callable[[], bool]) -> None:
@@ -295,7 +312,12 @@ def train(
     rank_check = None
     if cfg.check_ranks and runtime.distributed:
         rank_check = parallel.RankCheck(model, optimizer, optimizer, runtime)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.recipe == "paper":  # cosine of the float lr to 0, and the decay of gamma and 1 - beta
+        schedulers = paper_recipe(cfg).schedulers(optimizer, cfg.epochs)
+        loss_fn = paper_recipe(cfg).step_loss
+    else:
+        schedulers = {"lr": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)}
+        loss_fn = F.cross_entropy
     numel = {n: p.numel() for n, p in model.named_parameters() if n in index_names.values()}
     counter = FlipCounter(index_names, bin_opt) if bin_opt is not None else None
     if runtime.distributed:
@@ -321,7 +343,8 @@ def train(
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["schedulers"]["lr"])
+        for key, scheduler in schedulers.items():
+            scheduler.load_state_dict(resume["schedulers"][key])
         if counter is not None:
             counter.load_state_dict(resume["progress"]["flip_counter"])
         progress = Progress(**resume["progress"]["loop"])
@@ -339,7 +362,7 @@ def train(
                 "config": dataclasses.asdict(cfg),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "schedulers": {"lr": scheduler.state_dict()},
+                "schedulers": {key: scheduler.state_dict() for key, scheduler in schedulers.items()},
                 "rng": runstate.rng_state(),
                 "data_order": {"epoch": progress.epoch, "batch": progress.batch},
                 "epoch": progress.epoch,
@@ -388,7 +411,7 @@ def train(
             if cfg.optimizer == "fp":
                 loss, output = _bptt_step(forward, inputs, y, optimizer)
             else:
-                result = train_step(forward, inputs, y, F.cross_entropy, optimizer, update=cfg.update)
+                result = train_step(forward, inputs, y, loss_fn, optimizer, update=cfg.update)
                 loss, output = result.loss, result.output
             progress.loss_sum += loss * len(y)
             progress.correct += (output.argmax(1) == y).sum().item()
@@ -408,7 +431,8 @@ def train(
                     save_checkpoint()
                 interrupt_if_asked(saved=due)
         bar.close()
-        scheduler.step()
+        for scheduler in schedulers.values():
+            scheduler.step()
         test_acc = _accuracy(model, test_loader, cfg.T, spec.temporal, runtime, eval_forward)
         seconds = progress.epoch_seconds + time.perf_counter() - t_epoch
         progress.history.append(

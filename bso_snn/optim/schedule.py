@@ -23,14 +23,28 @@ class ParamScheduler:
     schedules the binary groups and ``key='lr'`` the float ones. For a tuple hyperparameter
     (``betas``) ``fn`` may return one factor for every element or a tuple of factors.
 
+    With ``complement=True`` the scheduled quantity is ``1 - value`` (a decay's "rate", as the BSO
+    authors write their momentum factors): ``group[key] = 1 - (1 - initial) * fn(epoch)``, so
+    ``ParamScheduler(opt, "betas", lambda e: 0.1 ** (e // 50), complement=True)`` multiplies
+    ``1 - beta1`` and ``1 - beta2`` by 0.1 every 50 epochs.
+
     Args:
         optimizer: anything with ``param_groups`` (BSO, TBSO, HybridOptimizer, torch optimizers).
         key: the hyperparameter to schedule.
         fn: ``epoch -> factor`` (a number, or a tuple for tuple hyperparameters).
         last_epoch: as in torch schedulers; ``-1`` starts fresh.
+        complement: schedule ``1 - value`` instead of ``value`` (see above).
     """
 
-    def __init__(self, optimizer: Any, key: str, fn: Callable[[int], Factor], last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Any,
+        key: str,
+        fn: Callable[[int], Factor],
+        last_epoch: int = -1,
+        *,
+        complement: bool = False,
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(epoch) -> factor, got {fn!r}")
         self.optimizer = optimizer
@@ -42,6 +56,7 @@ class ParamScheduler:
                 f"the groups have {keys}"
             )
         self.fn = fn
+        self.complement = bool(complement)
         initial = f"initial_{key}"
         for group in self.groups:
             if last_epoch == -1:
@@ -64,7 +79,7 @@ class ParamScheduler:
         initial = f"initial_{self.key}"
         for group in self.groups:
             group.setdefault(initial, group[self.key])  # a group added after construction starts here
-            group[self.key] = _scale(group[initial], factor, self.key)
+            group[self.key] = _scale(group[initial], factor, self.key, self.complement)
 
     def get_last_value(self) -> list[Any]:
         """The current value of ``key`` in each scheduled group."""
@@ -83,15 +98,19 @@ class ParamScheduler:
         self.last_epoch = state_dict["last_epoch"]
 
 
-def _scale(initial: Any, factor: Factor, key: str) -> Any:
+def _scale(initial: Any, factor: Factor, key: str, complement: bool = False) -> Any:
     if isinstance(initial, (tuple, list)):
         factors = factor if isinstance(factor, (tuple, list)) else (factor,) * len(initial)
         if len(factors) != len(initial):
             raise ValueError(f"ParamScheduler: fn returned {len(factors)} factors for {key}={initial!r}")
-        return type(initial)(_check(v * f, key) for v, f in zip(initial, factors, strict=True))
+        return type(initial)(_one(v, f, key, complement) for v, f in zip(initial, factors, strict=True))
     if isinstance(factor, (tuple, list)):
         raise ValueError(f"ParamScheduler: fn returned a tuple {factor!r} for the scalar {key}={initial!r}")
-    return _check(initial * factor, key)
+    return _one(initial, factor, key, complement)
+
+
+def _one(initial: float, factor: float, key: str, complement: bool) -> float:
+    return _check(1 - (1 - initial) * factor if complement else initial * factor, key)
 
 
 def _check(value: float, key: str) -> float:
