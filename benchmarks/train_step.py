@@ -18,7 +18,7 @@ optimizer step per time step (real-time updates) and the loss ``cross_entropy(ou
 Rounds are interleaved (one training step of each per round); the medians are printed and, with
 ``--json``, written with the command and the machine's load average.
 
-    python benchmarks/train_step.py [--repeats 10] [--threads 1] [--json out.json] [--profile]
+    python benchmarks/train_step.py --repeats 10 --threads 1 2 --json benchmarks/results/train_step.json
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from spikingjelly.activation_based import functional, layer, neuron
@@ -99,66 +100,75 @@ def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out, y)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4, help="T")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument(
-        "--profile", action="store_true", help="print a torch.profiler table of bso-snn's step"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+OURS, THEIRS = "bso-snn train_step (T-BSO + SGD)", "SpikingJelly OTTT (SGD)"
+
+
+def time_both(threads: int, args: argparse.Namespace) -> dict:
+    torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(args.steps, args.batch, 3, 32, 32, generator=generator)
     y = torch.randint(0, 10, (args.batch,), generator=generator)
-    runners = {
-        "bso-snn train_step (T-BSO + SGD)": bso_snn_runner(args.steps),
-        "SpikingJelly OTTT (SGD)": spikingjelly_ottt_runner(),
-    }
+    runners = {OURS: bso_snn_runner(args.steps), THEIRS: spikingjelly_ottt_runner()}
     times: dict[str, list[float]] = {name: [] for name in runners}
-    load_before = os.getloadavg()
+    load_before = os.getloadavg()[0]
     for round_ in range(args.warmup + args.repeats):
         for name, run in runners.items():
             start = time.perf_counter()
             run(x, y)
             if round_ >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-    load_after = os.getloadavg()
+    load_after = os.getloadavg()[0]
     medians = {name: statistics.median(samples) for name, samples in times.items()}
-    ours, theirs = medians["bso-snn train_step (T-BSO + SGD)"], medians["SpikingJelly OTTT (SGD)"]
-    print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, T={args.steps}, batch {args.batch}, "
-        f"median of {args.repeats}, load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
+    if args.profile:
+        with torch.profiler.profile() as prof:
+            for _ in range(3):
+                runners[OURS](x, y)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    return {
+        "threads": threads,
+        "load_average_before_after": [load_before, load_after],
+        "median_ms": {name: m * 1e3 for name, m in medians.items()},
+        "samples_ms": {name: [s * 1e3 for s in samples] for name, samples in times.items()},
+        "speedup_over_spikingjelly_ottt": medians[THEIRS] / medians[OURS],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4, help="T")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--profile", action="store_true", help="print a torch.profiler table of bso-snn's step"
     )
-    for name, median in medians.items():
-        print(f"{name:<36} {median * 1e3:>9.1f} ms")
-    print(f"speed-up of bso-snn over SpikingJelly OTTT: {theirs / ours:.2f}x")
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, T={args.steps}, batch {args.batch}, median of {args.repeats} interleaved rounds"
+    )
+    runs = []
+    for threads in args.threads:
+        run = time_both(threads, args)
+        runs.append(run)
+        load = run["load_average_before_after"]
+        print(f"\nthreads {threads} (load average {load[0]:.1f} -> {load[1]:.1f})")
+        for name, median in run["median_ms"].items():
+            print(f"{name:<36} {median:>9.1f} ms")
+        print(f"speed-up of bso-snn over SpikingJelly OTTT: {run['speedup_over_spikingjelly_ottt']:.2f}x")
     if args.json:
         result = {
             "command": "python " + " ".join(sys.argv),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared",
             "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
             "T": args.steps,
             "batch": args.batch,
             "repeats": args.repeats,
-            "load_average_before_after": [load_before[0], load_after[0]],
-            "median_ms": {name: m * 1e3 for name, m in medians.items()},
-            "samples_ms": {name: [s * 1e3 for s in samples] for name, samples in times.items()},
-            "speedup_over_spikingjelly_ottt": theirs / ours,
+            "runs": runs,
         }
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    if args.profile:
-        run = runners["bso-snn train_step (T-BSO + SGD)"]
-        with torch.profiler.profile() as prof:
-            for _ in range(3):
-                run(x, y)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

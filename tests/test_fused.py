@@ -51,12 +51,15 @@ def require(device):
 SHAPES = [(3,), (17, 5), (40_000,), (8, 4, 3, 3)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "dtype, threads",
+    [(torch.float32, 1), (torch.float64, 1), (torch.float32, 2)],  # 2 threads: split into tasks
+    ids=["float32", "float64", "float32-2-threads"],
+)
 @pytest.mark.parametrize("scaled", [False, True], ids=["bso", "tbso"])
 @pytest.mark.parametrize("reset_momentum", [False, True])
 @pytest.mark.parametrize("beta", [0.9, 0.3])  # 1-beta < 0.5 and >= 0.5: lerp's two formulas
-@pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_kernel_equals_the_plain_rule_bit_for_bit(dtype, scaled, reset_momentum, beta, threads):
+def test_cpu_kernel_equals_the_plain_rule_bit_for_bit(dtype, threads, scaled, reset_momentum, beta):
     require("cpu")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
