@@ -270,8 +270,9 @@ def test_paper_datasets_train_from_generated_files(tmp_path, dataset, make, args
     getattr(_datagen, make)(tmp_path / "data")
     out = tmp_path / "run"
     argv = ["train", "--dataset", dataset, "--data-root", str(tmp_path / "data"), "--epochs", "1"]
-    argv += ["--width", "4", "--batch-size", "32", "--T", "2", "--out", str(out), *args]
+    argv += ["--recipe", "paper", "--width", "4", "--batch-size", "32", "--T", "2", "--out", str(out), *args]
     assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["config"]["dataset"] == dataset and m["epochs"][0]["train_loss"] > 0
+    assert m["config"]["dataset"] == dataset and m["config"]["recipe"] == "paper"
+    assert m["epochs"][0]["train_loss"] > 0
     assert m["optimizer_steps"] == steps and 0 <= m["test_acc"] <= 1
