@@ -105,7 +105,7 @@ def _usage_error(capsys, argv):
     ("argv", "message"),
     [
         (["train", "--dataset", "imagenet"], r"argument --dataset: invalid choice: 'imagenet'"),
-        (["train", "--model", "resnet"], r"argument --model: invalid choice: 'resnet'"),
+        (["train", "--model", "resnet50"], r"argument --model: invalid choice: 'resnet50'"),
         (["train", "--ecosystem", "norse"], r"argument --ecosystem: invalid choice: 'norse'"),
         (["train", "--optimizer", "adam"], r"argument --optimizer: invalid choice: 'adam'"),
         (["train", "--T", "0"], r"argument --T: must be >= 1, got 0"),

@@ -23,6 +23,8 @@ import torch
 from ..data import CATALOG, DATASETS, DatasetChecksumError, DatasetNotFoundError
 from ..data._fetch import add_fetch_arguments, run_fetch
 from .models import ECOSYSTEMS, MODELS
+from .sbnn import SBNN_MODELS, SBNN_RECIPES
+from .sbnn import add_arguments as add_sbnn_arguments
 
 OPTIMIZERS = ("tbso", "bso", "fp")
 UPDATES = ("realtime", "accumulated")
@@ -96,14 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="digits",
         help="default: digits (embedded in scikit-learn); cifar10-dvs makes --T frames per recording",
     )
-    t.add_argument("--model", choices=MODELS, default="mlp", help="default: mlp")
+    t.add_argument(
+        "--model",
+        choices=MODELS + SBNN_MODELS,
+        default=None,
+        help=f"default: mlp ({', '.join(MODELS)}); --method sbnn: resnet (default) or recurrent",
+    )
     t.add_argument(
         "--ecosystem", choices=ECOSYSTEMS, default="torch", help="whose layers/neurons build the model"
     )
     t.add_argument(
-        "--optimizer", choices=OPTIMIZERS, default="tbso", help="tbso (default), bso, fp (float baseline)"
+        "--optimizer", choices=OPTIMIZERS, default=None, help="tbso (default), bso, fp (float baseline)"
     )
-    t.add_argument("--T", type=_at_least_one(int), default=4, help="time steps per sample (default 4)")
+    t.add_argument(
+        "--T",
+        type=_at_least_one(int),
+        default=None,
+        help="time steps per sample (default 4; --method sbnn: the recipe's for sequences, else 1)",
+    )
     t.add_argument(
         "--epochs",
         type=_at_least_one(int),
@@ -121,14 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--lr",
         type=_finite_float(0, inclusive=False),
-        default=1e-3,
-        help="Adam learning rate of the float parameters",
+        default=None,
+        help="Adam learning rate of the float parameters (default 1e-3; --method sbnn: the recipe's 5e-3)",
     )
     t.add_argument(
         "--gamma",
         type=_finite_float(0, inclusive=True),
-        default=5e-7,
-        help="BSO/T-BSO flip threshold (paper 5e-7)",
+        default=None,
+        help="BSO/T-BSO flip threshold (default: the paper's 5e-7)",
     )
     t.add_argument(
         "--width",
@@ -146,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default: runs/<time>-<dataset>-<optimizer>)")
     t.add_argument(
         "--recipe",
-        choices=("paper",),
+        choices=("paper", *SBNN_RECIPES),
         default=None,
         help="paper: the BSO authors' optimizers, schedules and loss (bso_snn.recipes.paper; SGD lr 0.1 "
         "momentum 0.9 for the float layers, the paper's gamma and betas decayed x0.1 every 50 epochs, "
-        "CE + 0.05 MSE); data, model, --T, --batch-size and --epochs stay as given",
+        "CE + 0.05 MSE); data, model, --T, --batch-size and --epochs stay as given. --method sbnn: "
+        f"{', '.join(SBNN_RECIPES)} (bso_snn.bayes.RECIPES; paper or none: the one of the dataset)",
     )
     t.add_argument(
         "--checkpoint-every",
@@ -195,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the interrupted run in RUN_DIR from its checkpoint.pt, with its saved settings "
         "(only --threads and --data-root may be given anew); ends bit-identical to an uninterrupted run",
     )
+    add_sbnn_arguments(t)
     e = commands.add_parser(
         "eval",
         help="test accuracy of a saved model",
@@ -324,16 +338,16 @@ def _config_from_args(args: argparse.Namespace):
 
     return TrainConfig(
         dataset=args.dataset,
-        model=args.model,
+        model=args.model or "mlp",
         ecosystem=args.ecosystem,
-        optimizer=args.optimizer,
-        T=args.T,
+        optimizer=args.optimizer or "tbso",
+        T=args.T or 4,
         epochs=args.epochs or CATALOG[args.dataset].default_epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         update="bptt" if args.optimizer == "fp" else (args.update or "realtime"),
-        lr=args.lr,
-        gamma=args.gamma,
+        lr=args.lr or 1e-3,
+        gamma=5e-7 if args.gamma is None else args.gamma,
         data_root=args.data_root,
         width=args.width,
         threads=args.threads,
@@ -384,9 +398,13 @@ def _resume_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bso-snn train``: checks the device and process layout, joins the process group under
-    torchrun, runs :func:`_run_train` and leaves the group."""
-    from . import parallel
+    torchrun, runs :func:`_run_train` and leaves the group (``--method sbnn``: :func:`run_train_sbnn`)."""
+    from . import parallel, sbnn
 
+    sbnn.check_args(args, parser)
+    sbnn.validate_values(args, parser)
+    if args.method == "sbnn":
+        return run_train_sbnn(args)
     if args.recipe is not None:
         defaults = parser.parse_args(["train"])
         clashing = [
@@ -445,7 +463,8 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, runtim
             return fail(cfg, EXIT_CHECKPOINT)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out) if args.out else Path("runs") / f"{stamp}-{args.dataset}-{args.optimizer}"
+        name = f"{stamp}-{args.dataset}-{args.optimizer or 'tbso'}"
+        out = Path(args.out) if args.out else Path("runs") / name
         problem, created = _prepare_out(out) if main_rank else (None, [])  # rank 0 alone writes the run
         problem = parallel.from_main(problem, runtime)
         if problem:
@@ -490,6 +509,37 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, runtim
 
 def _quiet(*_args, **_kwargs) -> None:
     """``print`` of the ranks other than 0."""
+
+
+def run_train_sbnn(args: argparse.Namespace) -> int:
+    """``bso-snn train --method sbnn``: see :mod:`bso_snn.cli.sbnn`."""
+    from .models import ModelInputError
+    from .sbnn import config_from_args, summary, train_sbnn
+
+    cfg = config_from_args(args)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"{stamp}-{args.dataset}-sbnn"
+    problem, created = _prepare_out(out)
+    if problem:
+        return _error(problem, EXIT_OUTPUT)
+    print(
+        "bso-snn train --method sbnn "
+        + " ".join(f"{k}={v}" for k, v in cfg.__dict__.items() if v is not None)
+    )
+    threads = torch.get_num_threads()
+    try:
+        metrics = train_sbnn(cfg, out)
+    except (DatasetNotFoundError, DatasetChecksumError) as exc:
+        return _error(str(exc), EXIT_DATA)
+    except ModelInputError as exc:
+        return _error(f"--model {cfg.model} does not fit --dataset {cfg.dataset}: {exc}", EXIT_USAGE)
+    except ValueError as exc:
+        return _error(f"--model {cfg.model} on --dataset {cfg.dataset}: {exc}", EXIT_USAGE)
+    finally:
+        _remove_empty(created)
+        torch.set_num_threads(threads)
+    print(summary(metrics, out))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
