@@ -39,17 +39,17 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 FULL = {
-    "n_train": 10000,
+    "n_train": 12000,
     "n_val": 5000,
     "n_test": 10000,
-    "epochs": 2,
+    "epochs": 1,
     "batch": 128,
     "memory_batch": 128,
     "steps": [2, 4, 6],
     "seeds": [0, 1],
     "sweep_T": 4,
-    "tbso_gammas": [5e-7, 0.3, 1.0, 3.0, 10.0, 30.0],
-    "bso_gammas": [5e-7, 2e-6, 5e-6, 2e-5],
+    "tbso_gammas": [5e-7, 0.3, 1.0, 3.0, 10.0],
+    "bso_gammas": [5e-7, 2e-6, 1e-5],
     "memory_steps": [1, 2, 4, 8, 16, 32],
     "memory_methods": ["fp-bptt", "latent-ste-bptt", "bso", "tbso"],
 }
