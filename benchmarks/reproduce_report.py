@@ -305,7 +305,8 @@ def markdown(data: dict[str, Any], images: dict[str, Path], doc: Path, results_p
         "",
         f"Settings: {s['n_train']:,} training images, {s['n_val']:,} validation images (held out of the training set), "
         f"{s['n_test']:,} test images; {s['epochs']} epoch(s), batch {s['batch']}; T = {s['steps']}; seeds {s['seeds']}. "
-        f"gamma chosen on validation accuracy at T={s['sweep_T']}, seed 0: {data.get('selected_gamma') or 'sweep not finished'}.",
+        f"gamma chosen on validation accuracy at T={s['sweep_T']}, seed 0, trained on {s['sweep_n_train']:,} images: "
+        f"{data.get('selected_gamma') or 'sweep not finished'}.",
         "",
     ]
     if inv:
@@ -328,7 +329,10 @@ def markdown(data: dict[str, Any], images: dict[str, Path], doc: Path, results_p
     for method in ("tbso", "bso"):
         t = sweep_table(data, method)
         if t:
-            out += [f"### Table 3 analogue: {method} against gamma (T={s['sweep_T']}, seed 0)", "", *t, ""]
+            title = (
+                f"{method} against gamma (T={s['sweep_T']}, seed 0, {s['sweep_n_train']:,} training images)"
+            )
+            out += [f"### Table 3 analogue: {title}", "", *t, ""]
     if "gamma" in rel:
         out += [f"![gamma sensitivity]({rel['gamma']})", ""]
     if memory_table(data):
