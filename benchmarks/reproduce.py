@@ -260,10 +260,11 @@ def run_all(
     log_dir: Path,
     limit: int | None,
     methods: list[str] | None,
+    extras: tuple[Job, ...] | list[Job] = (),
 ) -> None:
     """Run every job not yet in ``results`` (of ``methods`` only, if given), ``n_jobs``
     subprocesses at a time, in priority order."""
-    all_jobs = [j for j in jobs(settings) if methods is None or j.spec["method"] in methods]
+    all_jobs = [j for j in jobs(settings) + list(extras) if methods is None or j.spec["method"] in methods]
     running: dict[str, tuple[subprocess.Popen, Path]] = {}
     failed: set[str] = set()
     started = 0
@@ -329,6 +330,13 @@ def main(argv: list[str] | None = None) -> None:
         "--report-only", action="store_true", help="only rewrite the tables and plots from --out"
     )
     parser.add_argument("--methods", nargs="+", default=None, help="run only these methods' jobs this time")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="an extra training run (remedy experiment) as JSON Config fields over the grid's defaults, "
+        'e.g. \'{"method": "tbso", "T": 4, "seed": 0, "gamma": 1.0, "beta1_complement": 0.01}\'',
+    )
     parser.add_argument("--limit", type=int, default=None, help="start at most this many jobs (for testing)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -346,7 +354,9 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         results.data["invocations"].append(invocation)
         try:
-            run_all(results, settings, args.jobs, args.log_dir, args.limit, args.methods)
+            data = {k: settings[k] for k in ("n_train", "n_val", "n_test", "epochs", "batch")}
+            extras = [Job("extra", {**data, **json.loads(e)}) for e in args.extra]
+            run_all(results, settings, args.jobs, args.log_dir, args.limit, args.methods, extras)
         finally:
             invocation["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             invocation["wall_s"] = round(time.perf_counter() - start, 1)

@@ -28,7 +28,13 @@ def _fashion_mnist() -> None:
 
 
 def _run(tmp_path: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--quick", "--out", str(tmp_path / "q.json")]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "reproduce.py"),
+        "--quick",
+        "--out",
+        str(tmp_path / "q.json"),
+    ]
     cmd += ["--doc", str(tmp_path / "results.md"), "--img-dir", str(tmp_path / "img")]
     cmd += ["--log-dir", str(tmp_path / "logs")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
@@ -78,7 +84,14 @@ def test_quick_grid_writes_every_row_the_tables_and_the_plots_then_resumes(tmp_p
 def test_results_file_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "q.json"
     out.write_text(json.dumps({"settings": {"n_train": 1}, "rows": [], "invocations": []}))
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--quick", "--out", str(out), "--report-only"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "reproduce.py"),
+        "--quick",
+        "--out",
+        str(out),
+        "--report-only",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode != 0 and "other settings" in proc.stderr and "--out" in proc.stderr
     assert json.loads(out.read_text())["settings"] == {"n_train": 1}
