@@ -58,11 +58,8 @@ class ParamScheduler:
         self.fn = fn
         self.complement = bool(complement)
         initial = f"initial_{key}"
-        for group in self.groups:
-            if last_epoch == -1:
-                group.setdefault(initial, group[key])
-            elif initial not in group:
-                raise KeyError(f"ParamScheduler: last_epoch={last_epoch} but a param group lacks {initial!r}")
+        if last_epoch != -1 and any(initial not in group for group in self.groups):
+            raise KeyError(f"ParamScheduler: last_epoch={last_epoch} but a param group lacks {initial!r}")
         self.last_epoch = last_epoch
         self.step()
 
@@ -73,13 +70,18 @@ class ParamScheduler:
         return [group for group in self.optimizer.param_groups if self.key in group]
 
     def step(self) -> None:
-        """Move to the next epoch and set the scheduled values."""
-        self.last_epoch += 1
-        factor = self.fn(self.last_epoch)
+        """Move to the next epoch and set the scheduled values (all computed and checked first:
+        a factor that is refused changes nothing)."""
         initial = f"initial_{self.key}"
-        for group in self.groups:
-            group.setdefault(initial, group[self.key])  # a group added after construction starts here
-            group[self.key] = _scale(group[initial], factor, self.key, self.complement)
+        groups = self.groups
+        factor = self.fn(self.last_epoch + 1)
+        values = [
+            _scale(group.get(initial, group[self.key]), factor, self.key, self.complement) for group in groups
+        ]
+        self.last_epoch += 1
+        for group, value in zip(groups, values, strict=True):
+            group.setdefault(initial, group[self.key])  # the first step (or a group added later)
+            group[self.key] = value
 
     def get_last_value(self) -> list[Any]:
         """The current value of ``key`` in each scheduled group."""
