@@ -103,9 +103,10 @@ def snntorch_net():
 
 
 @pytest.mark.parametrize(
-    "build, shape", [(sj_vgg, (3, 32, 32)), (snntorch_net, (1, 8, 8))], ids=["sj-vgg", "snntorch"]
+    "build, shape, kind",
+    [(sj_vgg, (3, 32, 32), "tbso"), (snntorch_net, (1, 8, 8), "tbso"), (snntorch_net, (1, 8, 8), "bso")],
+    ids=["sj-vgg-tbso", "snntorch-tbso", "snntorch-bso"],
 )
-@pytest.mark.parametrize("kind", ["tbso", "bso"])
 def test_builds_optimizers_schedules_and_loss_for_a_converted_model(build, shape, kind):
     model = build()
     setup = paper("cifar10", optimizer=kind, time_steps=2).build(model, epochs=60)
