@@ -43,8 +43,9 @@ import torch
 from snntorch import Leaky, RLeaky, RSynaptic, Synaptic
 from torch import nn
 
-from bso_snn._classswap import original_class, swap_class
-from bso_snn.online.state import detach_state
+from bso_snn._classswap import original_class
+from bso_snn.online.state import OnlineNeuron, detach_state, is_online
+from bso_snn.online.state import make_online as _make_online
 from bso_snn.registry import NeuronSupport, refuse_neuron, register_neuron
 
 __all__ = ["OnlineMixin", "STATE_BUFFERS", "keep_recurrent_float", "recurrent_layers"]
@@ -64,11 +65,12 @@ def _cut(value):
     return value.detach() if isinstance(value, torch.Tensor) and value.grad_fn is not None else value
 
 
-class OnlineMixin:
+class OnlineMixin(OnlineNeuron):
     """Mixed into a supported snnTorch neuron by :func:`make_online`.
 
     Detaches the neuron's state buffers and the explicitly passed state arguments (everything
-    after ``input_``) before calling the original ``forward``.
+    after ``input_``) before calling the original ``forward``. It publishes no NDOT membrane
+    (``bso_publishes_membrane`` is ``False``).
     """
 
     def forward(self, *args, **kwargs):
@@ -104,11 +106,7 @@ class _CallOnce(nn.Module):
 
 def make_online(module: nn.Module) -> None:
     """Put a supported snnTorch neuron in online mode in place (idempotent)."""
-    swap_class(module, OnlineMixin)
-
-
-def is_online(module: nn.Module) -> bool:
-    return isinstance(module, OnlineMixin)
+    _make_online(module, OnlineMixin)
 
 
 def _fixed_value(module: nn.Module, name: str) -> float | None:

@@ -28,8 +28,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bso_snn._classswap import original_class, swap_class
-from bso_snn.online.state import clear_published, detach_state, ndot_p, publish_step, records_ndot
+from bso_snn._classswap import original_class
+from bso_snn.online.state import (
+    OnlineNeuron,
+    clear_published,
+    detach_state,
+    is_online,
+    make_online,
+    ndot_p,
+    records_ndot,
+)
 from bso_snn.registry import NeuronSupport
 
 from .spikingjelly_release import CLASSIC
@@ -74,7 +82,7 @@ def _p(neuron: nn.Module, spike: torch.Tensor) -> torch.Tensor:
     return ndot_p(neuron.v, spike, neuron.v_threshold)
 
 
-class OnlineMixin:
+class OnlineMixin(OnlineNeuron):
     """Online mode for a SpikingJelly neuron (see the module docstring)."""
 
     _bso_in_multi_step = False  # True while multi_step_forward runs (its steps are published there)
@@ -86,8 +94,7 @@ class OnlineMixin:
             return super().single_step_forward(x, *args, **kwargs)
         _detach_memories(self)
         spike = super().single_step_forward(x, *args, **kwargs)
-        self.bso_steps_run = 1
-        return publish_step(self, spike, [_p(self, spike)] if records_ndot(self) else None)
+        return self._bso_finish(spike, 1, [_p(self, spike)] if records_ndot(self) else None)
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         check_cupy_device(self, x_seq)
@@ -114,20 +121,11 @@ class OnlineMixin:
             self._bso_in_multi_step = False
         if v_seqs:
             self.v_seq = torch.cat(v_seqs)
-        self.bso_steps_run = len(outputs)
-        return publish_step(self, torch.cat(outputs), ps if record else None)
+        return self._bso_finish(torch.cat(outputs), len(outputs), ps if record else None)
 
     def reset(self) -> None:
         super().reset()
         clear_published(self)
-
-
-def is_online(neuron: nn.Module) -> bool:
-    return isinstance(neuron, OnlineMixin)
-
-
-def make_online(neuron: nn.Module) -> None:
-    swap_class(neuron, OnlineMixin)
 
 
 def memory_neuron_support(decay: Callable[[nn.Module], float | None] = lambda neuron: None) -> NeuronSupport:
@@ -141,7 +139,7 @@ def memory_neuron_support(decay: Callable[[nn.Module], float | None] = lambda ne
     ``decay(neuron)`` gives the OTTT trace decay implied by the neuron, or ``None``.
     """
     return NeuronSupport(
-        make_online=make_online,
+        make_online=lambda neuron: make_online(neuron, OnlineMixin),
         is_online=is_online,
         decay=decay,
         reset=lambda neuron: neuron.reset(),

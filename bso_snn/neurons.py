@@ -27,8 +27,15 @@ import math
 import torch
 from torch import nn
 
-from ._classswap import swap_class
-from .online.state import clear_published, detach_state, ndot_p, publish_step, records_ndot
+from .online.state import (
+    OnlineNeuron,
+    clear_published,
+    detach_state,
+    is_online,
+    make_online,
+    ndot_p,
+    records_ndot,
+)
 from .registry import NeuronSupport, register_neuron
 
 __all__ = ["LIF", "atan_spike"]
@@ -147,7 +154,7 @@ class LIF(nn.Module):
         )
 
 
-class OnlineMixin:
+class OnlineMixin(OnlineNeuron):
     """Online mode for :class:`LIF`: the state is detached before every time step (also inside
     a multi-step call, so one backward over ``[T, N, *]`` gives the OTTT-accumulated gradient),
     and each call publishes what NDOT layers read (``p[t] = h[t] - V_th s[t]`` per step, with
@@ -159,9 +166,8 @@ class OnlineMixin:
         detach_state(self, ("v",))
         spike = super().single_step_forward(x)
         detach_state(self, ("v",))  # the next step starts from it detached anyway (also deep-copyable)
-        self.bso_steps_run = 1
         p = [ndot_p(self.v, spike, self.v_threshold)] if records_ndot(self) else None
-        return publish_step(self, spike, p)
+        return self._bso_finish(spike, 1, p)
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         spikes, ps = [], []
@@ -173,20 +179,14 @@ class OnlineMixin:
             spikes.append(spike)
             if record:
                 ps.append(ndot_p(self.v, spike, self.v_threshold))
-        self.bso_steps_run = len(spikes)
-        return publish_step(self, torch.stack(spikes), ps if record else None)
-
-
-def _make_online(neuron: LIF) -> None:
-    if not isinstance(neuron, OnlineMixin):
-        swap_class(neuron, OnlineMixin)
+        return self._bso_finish(torch.stack(spikes), len(spikes), ps if record else None)
 
 
 register_neuron(
     LIF,
     NeuronSupport(
-        make_online=_make_online,
-        is_online=lambda neuron: isinstance(neuron, OnlineMixin),
+        make_online=lambda neuron: make_online(neuron, OnlineMixin),
+        is_online=is_online,
         decay=lambda neuron: neuron.decay,
         reset=lambda neuron: neuron.reset(),
         membrane=lambda neuron: neuron.v,
