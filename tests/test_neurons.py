@@ -141,3 +141,20 @@ def test_reset_and_copies():
         x = torch.randn(2, 3)
         torch.testing.assert_close(clone(x), net(x))
         bso_snn.reset(net)
+
+
+def test_every_online_mode_follows_the_one_contract():
+    from bso_snn.online import OnlineNeuron, is_online, make_online
+
+    modes = [OnlineMixin]
+    for adapter in ("bso_snn.adapters.spikingjelly_neurons", "bso_snn.adapters.snntorch"):
+        modes.append(pytest.importorskip(adapter).OnlineMixin)
+    assert all(issubclass(mode, OnlineNeuron) for mode in modes)
+    neuron = LIF()
+    make_online(neuron, OnlineMixin)
+    make_online(neuron, OnlineMixin)  # idempotent
+    assert is_online(neuron) and type(neuron).__mro__[1] is OnlineMixin
+    with pytest.raises(
+        TypeError, match=r"make_online: mode must be an OnlineNeuron subclass, got <class 'int'>"
+    ):
+        make_online(LIF(), int)
