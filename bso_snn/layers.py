@@ -280,11 +280,21 @@ class BinaryLayerMixin:
         Linear given ``[N, F]``. Attention modules do this (e.g. SpikingJelly's
         ``TemporalWiseAttention`` runs its MLP on ``[N, T]`` statistics): the call is no time
         step, so it runs as a plain layer, its weight gradient exact for that call and the
-        stored trace untouched."""
+        stored trace untouched. An input that comes straight from an online neuron is one time
+        step's spikes, though: then the step modes disagree, and that is an error."""
         if self.bso_flat_steps is not None or self._bso_step_mode() != "m":
             return False
         single = 2 if isinstance(self, nn.Linear) else len(self.kernel_size) + 2
-        return x.dim() <= single
+        if x.dim() > single:
+            return False
+        if traces.presynaptic_neuron(self, x) is not None:
+            raise ValueError(
+                f"{type(self).__name__} is in multi-step mode and expects [T, N, ...] input, but its input "
+                f"{tuple(x.shape)} is one time step of an online neuron's spikes. Give the layer the neuron's "
+                f"step mode: bso_snn.online.set_step_mode(model, 's') (SpikingJelly: functional.set_step_mode), "
+                f"or feed the model [T, N, ...]"
+            )
+        return True
 
     def _bso_as_sequence(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
         """View ``x`` as ``[T, N, *]`` and say which layout it came in."""

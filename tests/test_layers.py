@@ -328,6 +328,19 @@ def test_multi_step_layer_called_without_a_time_dim_runs_as_a_plain_layer(layer,
     assert torch.equal(layer.bso_trace, trace)
 
 
+def test_multi_step_layer_fed_one_step_of_a_neuron_is_an_error():
+    """Spikes straight from an online neuron are a time step, not a time-free statistic."""
+    import bso_snn
+
+    net = nn.Sequential(nn.Linear(5, 4), bso_snn.LIF(), nn.Linear(4, 3))
+    bso_snn.convert(net, skip_first_last=False)
+    net[2].bso_step_mode = "m"  # the neuron and the first layer stay single-step
+    with pytest.raises(
+        ValueError, match=r"expects \[T, N, \.\.\.\] input, but its input \(2, 4\) is one time step"
+    ):
+        net(torch.rand(2, 5))
+
+
 @pytest.mark.parametrize("module", [nn.ConvTranspose2d(2, 2, 3), nn.Embedding(4, 2), nn.BatchNorm2d(2)])
 def test_binarize_layer_refuses_other_modules(module):
     with pytest.raises(TypeError, match=r"binarize_layer supports Linear and \(non-transposed\) Conv layers"):
