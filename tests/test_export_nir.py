@@ -91,7 +91,7 @@ def _loud(net, gain=4.0):
     keeps small networks almost silent); the converted layers are ±1 either way."""
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
                 m.weight.mul_(gain)
     return net
 
@@ -243,3 +243,25 @@ def test_export_leaves_the_model_as_it_was():
     assert net.training and all(m.training for m in net.modules())
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
     assert net[2].v == net[2].v_initial  # neurons reset after the tracing run
+
+
+@pytest.mark.skipif(sj_import is None, reason="this SpikingJelly release has no NIR reader")
+def test_conv1d_network_roundtrip_through_spikingjelly(tmp_path):
+    """nir.Conv1d (snnTorch's reader has no Conv1d, so only SpikingJelly's is asked)."""
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv1d(2, 6, 3, padding=1),
+        LIF(tau=2.0, v_threshold=0.7, v_reset=0.0),
+        nn.Conv1d(6, 6, 3, stride=2, dilation=1),
+        LIF(tau=2.0, v_threshold=1.9, v_reset=0.0),
+        nn.Flatten(),
+        nn.Linear(6 * 4, 5),
+        LIF(tau=2.0, v_threshold=0.6, v_reset=0.0),
+    )
+    bso_snn.convert(_loud(net))
+    x = torch.rand(T, 3, 2, 10) * 1.5
+    expected = _run_converted(net, x)
+    graph = _roundtrip(bso_snn.export_nir(net, x[0]), tmp_path)
+    assert isinstance(graph.nodes["2"], nir.Conv1d)
+    _assert_binary_nodes(graph, ["2"])
+    _assert_same_spikes(expected, _run_spikingjelly(graph, x))
