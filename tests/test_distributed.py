@@ -10,23 +10,30 @@ import torch
 
 from bso_snn.cli import main
 from bso_snn.cli.parallel import DeviceError, RankCheck, Runtime, resolve_device
-from bso_snn.cli.runstate import load_run
+from bso_snn.cli.runstate import EpochOrder, load_run
+from bso_snn.cli.train import TEST_STOP_ENV
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--T", "2", "--width", "32", "--batch-size", "64"]
 
 
-def test_torchrun_two_gloo_ranks_stay_bit_identical_and_rank_0_alone_writes(tmp_path):
-    out = tmp_path / "run"
+def _torchrun(*args: str, stop_at: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
+    if stop_at is not None:
+        env[TEST_STOP_ENV] = str(stop_at)
+    return subprocess.run(
         # python -m torch.distributed.run is the torchrun command (its console script)
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        + ["-m", "bso_snn", "train", *TINY, "--check-ranks", "--out", str(out)],
+        + ["-m", "bso_snn", "train", *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
+
+
+def test_torchrun_two_gloo_ranks_stay_bit_identical_and_rank_0_alone_writes(tmp_path):
+    out = tmp_path / "run"
+    proc = _torchrun(*TINY, "--check-ranks", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["device"] == "cpu"
@@ -37,6 +44,35 @@ def test_torchrun_two_gloo_ranks_stay_bit_identical_and_rank_0_alone_writes(tmp_
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.pt", "flip_rate.png", "loss_acc.png", "metrics.json", "model.bsosnn.pt"
     ]  # fmt: skip
+
+    # stopped mid-epoch on both ranks, resumed under torchrun: the same run, bit for bit
+    stopped = tmp_path / "stopped"
+    proc = _torchrun(*TINY, "--check-ranks", "--out", str(stopped), stop_at=7)
+    # each worker exits 130 (torchrun itself then reports the failure and exits 1)
+    assert "exitcode: 130" in proc.stderr and "Resume it with: bso-snn train --resume" in proc.stderr
+    saved = load_run(stopped / "checkpoint.pt")
+    assert saved["data_order"] == {"epoch": 0, "batch": 7} and len(saved["rng_ranks"]) == 2
+    proc = _torchrun("--resume", str(stopped))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads((stopped / "metrics.json").read_text())
+    for key in ("test_acc", "flips_per_layer", "optimizer_steps", "flip_rate_trace"):
+        assert resumed[key] == m[key], key
+    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in m["epochs"]]
+    a, b = load_run(out / "checkpoint.pt")["model"], load_run(stopped / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epoch_order_is_distributed_samplers_order():
+    data = torch.utils.data.TensorDataset(torch.arange(11))
+    for world in (1, 2, 3, 4):
+        for rank in range(world):
+            reference = torch.utils.data.DistributedSampler(data, num_replicas=world, rank=rank, seed=5)
+            reference.set_epoch(3)
+            order = EpochOrder(11, seed=5, rank=rank, world_size=world)
+            order.set_position(3)
+            assert list(order) == list(reference) and len(order) == len(reference)
+            order.set_position(3, start=2)
+            assert list(order) == list(reference)[2:]
 
 
 def test_rank_check_digest_sees_every_weight_momentum_and_v_bit():

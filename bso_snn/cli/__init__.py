@@ -428,8 +428,6 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(
             f"{flag} needs several processes; start them with: torchrun --nproc_per_node N -m bso_snn train ..."
         )
-    if world_size > 1 and args.resume is not None:
-        parser.error("--resume of a run of several processes is not supported; resume it in one process")
     try:
         device = parallel.resolve_device(args.device, local_rank, world_size)
     except parallel.DeviceError as exc:

@@ -145,6 +145,15 @@ def from_main(value, runtime: Runtime):
     return box[0]
 
 
+def gather(value, runtime: Runtime) -> list:
+    """Every rank's ``value`` (a picklable object), in rank order, on every rank."""
+    if not runtime.distributed:
+        return [value]
+    values = [None] * runtime.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def sum_over_ranks(values: list[int], runtime: Runtime) -> list[int]:
     if not runtime.distributed:
         return values

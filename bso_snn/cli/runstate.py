@@ -8,13 +8,15 @@ loads with ``torch.load(weights_only=True)``), written atomically (temporary fil
      "model": state_dict, "optimizer": state_dict,
      "schedulers": {name: state_dict},      # every scheduler, by name
      "rng": {"torch": ByteTensor, "cuda": [ByteTensor per device], "numpy": {...}, "python": (...)},
+     "rng_ranks": [rng of rank 0, rng of rank 1, ...],  # torchrun: every process's generators
      "data_order": {"epoch": e, "batch": b}, # the next batch is batch b of epoch e (both from 0)
      "epoch": e, "step": batches trained so far,
      "progress": {...}}                     # the training loop's running sums, history and counters
 
-The data order is a pure function of ``(seed, epoch)`` (:class:`EpochOrder`), so the position
-``(epoch, batch)`` is all a resumed run needs to feed exactly the batches an uninterrupted run
-would have seen.
+The data order is a pure function of ``(seed, epoch, rank, world size)`` (:class:`EpochOrder`,
+``DistributedSampler``'s order), so the position ``(epoch, batch)`` is all a resumed run needs to
+feed exactly the batches an uninterrupted run would have seen, in one process or under torchrun
+(resumed with the same number of processes).
 """
 
 from __future__ import annotations
@@ -40,27 +42,35 @@ class RunCheckpointError(ValueError):
 
 
 class EpochOrder(Sampler[int]):
-    """The training order of epoch ``e``: ``torch.randperm(n)`` drawn from a generator seeded with
-    ``seed + e`` (as ``DistributedSampler`` does), starting at position ``start``.
+    """The training order of epoch ``e`` for one rank, from position ``start``.
 
-    ``set_position(epoch, start)`` picks the epoch and skips the first ``start`` samples (the
-    batches a resumed run has already trained on)."""
+    The order is ``DistributedSampler``'s (``shuffle=True``, ``drop_last=False``), element for
+    element: ``torch.randperm(n)`` from a generator seeded with ``seed + e``, padded by wrapping
+    around to a multiple of ``world_size``, and every ``world_size``-th index from ``rank`` (one
+    process: the whole permutation). ``set_position(epoch, start)`` picks the epoch and skips the
+    first ``start`` indices of this rank's share (the batches a resumed run has trained on)."""
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def permutation(self) -> torch.Tensor:
+        """This rank's whole share of epoch ``epoch`` (before skipping ``start``)."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.n, generator=generator)
+        order = torch.randperm(self.n, generator=generator)
+        total = -(-self.n // self.world_size) * self.world_size
+        if total > self.n:
+            order = torch.cat([order, order.repeat(-(-(total - self.n) // self.n))[: total - self.n]])
+        return order[self.rank : total : self.world_size]
 
     def __iter__(self):
         return iter(self.permutation()[self.start :].tolist())
 
     def __len__(self) -> int:
-        return max(self.n - self.start, 0)
+        return max(-(-self.n // self.world_size) - self.start, 0)
 
 
 def rng_state() -> dict[str, Any]:

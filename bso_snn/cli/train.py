@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from .. import checkpoint, convert, data, reset
 from .._atomic import atomic_write, atomic_write_text
@@ -50,6 +50,9 @@ from .models import build_model, convert_filter
 TEST_HOLD_ENV = "BSO_SNN_TEST_HOLD_AT_STEP"
 """Test hook: after batch number N (counted over the whole run, from 1) and its checkpoint, the
 run waits (up to 60 s) until ``stop()`` is True, so a test can interrupt it at a known point."""
+TEST_STOP_ENV = "BSO_SNN_TEST_STOP_AT_STEP"
+"""Test hook: after batch number N the run stops as if a signal had come (for runs under torchrun,
+whose signal handling is torchrun's own)."""
 
 
 @dataclass
@@ -320,12 +323,8 @@ def train(
         loss_fn = F.cross_entropy
     numel = {n: p.numel() for n, p in model.named_parameters() if n in index_names.values()}
     counter = FlipCounter(index_names, bin_opt) if bin_opt is not None else None
-    if runtime.distributed:
-        order = DistributedSampler(
-            setup.train_set, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=cfg.seed
-        )
-    else:
-        order = runstate.EpochOrder(len(setup.train_set), cfg.seed)
+    # DistributedSampler's order, and a position a resumed run can start from (also mid-epoch)
+    order = runstate.EpochOrder(len(setup.train_set), cfg.seed, runtime.rank, runtime.world_size)
     pin = runtime.device.type == "cuda"
     train_loader = DataLoader(
         setup.train_set,
@@ -348,12 +347,14 @@ def train(
         if counter is not None:
             counter.load_state_dict(resume["progress"]["flip_counter"])
         progress = Progress(**resume["progress"]["loop"])
-        runstate.set_rng_state(resume["rng"])
+        ranks = resume.get("rng_ranks") or [resume["rng"]]
+        runstate.set_rng_state(ranks[runtime.rank] if runtime.rank < len(ranks) else resume["rng"])
     if progress.rss_before is None:
         progress.rss_before = peak_rss_mb()
     log_interval = max(1, batches // cfg.log_every)
 
     def save_checkpoint() -> None:
+        rng = parallel.gather(runstate.rng_state(), runtime)  # every rank's generators (a collective)
         if not runtime.is_main:
             return
         runstate.save_run(
@@ -363,7 +364,8 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedulers": {key: scheduler.state_dict() for key, scheduler in schedulers.items()},
-                "rng": runstate.rng_state(),
+                "rng": rng[0],
+                "rng_ranks": rng,
                 "data_order": {"epoch": progress.epoch, "batch": progress.batch},
                 "epoch": progress.epoch,
                 "step": progress.step,
@@ -382,7 +384,8 @@ def train(
 
     def interrupt_if_asked(saved: bool) -> None:
         _hold_for_test(progress.step, stop)
-        if parallel.any_rank(stop(), runtime):
+        asked = stop() or os.environ.get(TEST_STOP_ENV) == str(progress.step)
+        if parallel.any_rank(asked, runtime):
             if not saved:
                 save_checkpoint()
             raise RunInterrupted(out, progress.epoch, progress.batch, progress.step)
@@ -391,10 +394,7 @@ def train(
     while progress.epoch < cfg.epochs:
         epoch = progress.epoch
         t_epoch = time.perf_counter()
-        if runtime.distributed:
-            order.set_epoch(epoch)
-        else:
-            order.set_position(epoch, progress.batch * cfg.batch_size)
+        order.set_position(epoch, progress.batch * cfg.batch_size)
         bar = tqdm(
             train_loader,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
