@@ -92,6 +92,10 @@ def test_train_variants_learn(tmp_path, args, update, checkpoint):
         assert m["flips_per_layer"] == {} and m["model_size"]["binary_weights"] == 0
     else:
         assert len(m["flips_per_layer"]) == 2
+    # bso-snn eval rebuilds the model from the run folder and gets metrics.json's accuracy exactly
+    from bso_snn.cli.evaluate import evaluate_path
+
+    assert evaluate_path(out / checkpoint)["test_acc"] == m["test_acc"]
 
 
 def _usage_error(capsys, argv):

@@ -339,3 +339,21 @@ def test_optimizer_copies_keep_their_settings():
     assert (clone.nonfinite, clone.foreach) == ("raise", False)
     clone.param_groups[0]["params"][0].grad = torch.ones(3)
     clone.step()
+
+
+# run files ----------------------------------------------------------------------------------
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from bso_snn._atomic import atomic_write
+
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+
+    def half_then_fail(f):
+        f.write(b"new, but only ha")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
