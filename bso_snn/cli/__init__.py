@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", default=None, help="data folder (default: the run's, else $BSO_SNN_DATA, ./data)"
     )
     e.add_argument("--threads", type=_at_least_one(int), default=1, help="torch CPU threads (default 1)")
-    f = commands.add_parser("fetch", help="fetch and md5-verify MNIST / Fashion-MNIST")
+    f = commands.add_parser("fetch", help="fetch and md5-verify MNIST / Fashion-MNIST / CIFAR-10 / CIFAR-100")
     add_fetch_arguments(f)
     return parser
 
