@@ -482,6 +482,9 @@ def _write_results(cfg, out, setup, counter, numel, progress, train_seconds, run
         "seconds_total": train_seconds,
         "device": str(runtime.device),
         "world_size": runtime.world_size,
+        "peak_cuda_mib": (
+            torch.cuda.max_memory_allocated(runtime.device) / 2**20 if runtime.device.type == "cuda" else None
+        ),
         "amp": f"autocast {parallel.AMP_DTYPE}".replace("torch.", "") if runtime.amp else None,
         "rank_check": {"steps_verified": rank_check.steps} if rank_check else None,
         "peak_rss_mb": {"before_training": progress.rss_before, "end": peak_rss_mb()},
