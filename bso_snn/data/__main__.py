@@ -9,7 +9,9 @@ from ._fetch import add_fetch_arguments, run_fetch
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bso_snn.data", description="Fetch datasets for bso-snn.")
     commands = parser.add_subparsers(dest="command", required=True)
-    add_fetch_arguments(commands.add_parser("fetch", help="fetch and md5-verify MNIST / Fashion-MNIST / CIFAR-10 / CIFAR-100"))
+    add_fetch_arguments(
+        commands.add_parser("fetch", help="fetch and md5-verify MNIST / Fashion-MNIST / CIFAR-10 / CIFAR-100")
+    )
     return run_fetch(parser.parse_args(argv))
 
 
