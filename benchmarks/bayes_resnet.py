@@ -115,15 +115,21 @@ def one_run(data, dataset: str, depth: int, seed: int, method: str, args) -> dic
     }
 
 
-def load_data(dataset: str, train_size: int, test_size: int, pool: int):
-    """A seeded training subset and the first ``test_size`` test images, average-pooled by ``pool``."""
+def load_data(dataset: str, train_size: int, test_size: int, pool: int, normalise: bool = False):
+    """A seeded training subset and the first ``test_size`` test images, average-pooled by ``pool``;
+    ``normalise``: ``(x - mean) / std`` with the subset's pixel mean and std (as the authors'
+    CIFAR ``Normalize``), so no input is exactly 0."""
     train, test = load_dataset(dataset)
     x_tr, y_tr = train.tensors
     x_te, y_te = test.tensors
     if pool > 1:
         x_tr, x_te = F.avg_pool2d(x_tr, pool), F.avg_pool2d(x_te, pool)
     pick = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(1234))[:train_size]
-    return (x_tr[pick], y_tr[pick]), (x_te[:test_size], y_te[:test_size])
+    x_tr, y_tr, x_te, y_te = x_tr[pick], y_tr[pick], x_te[:test_size], y_te[:test_size]
+    if normalise:
+        mean, std = x_tr.mean(), x_tr.std()
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    return (x_tr, y_tr), (x_te, y_te)
 
 
 def save(path: Path, results: dict) -> None:
@@ -137,8 +143,21 @@ def sweep(args, out: Path, log=print) -> dict:
     results = json.loads(out.read_text()) if out.exists() else {}
     settings = {
         k: getattr(args, k)
-        for k in ("width", "epochs", "batch_size", "lr", "lam_aux", "mc", "train_size", "test_size", "pool")
+        for k in (
+            "width",
+            "epochs",
+            "batch_size",
+            "lr",
+            "lam_aux",
+            "mc",
+            "train_size",
+            "test_size",
+            "pool",
+            "normalise",
+        )
     }
+    if "settings" in results:
+        results["settings"].setdefault("normalise", False)  # files written before the option existed
     if results.get("settings", settings) != settings:
         raise SystemExit(f"{out} was made with other settings {results['settings']}; use another --out")
     results["settings"] = settings
@@ -152,7 +171,7 @@ def sweep(args, out: Path, log=print) -> dict:
     runs = results.setdefault("runs", {})
     for seed in args.seeds:
         for dataset in args.datasets:
-            data = load_data(dataset, args.train_size, args.test_size, args.pool)
+            data = load_data(dataset, args.train_size, args.test_size, args.pool, args.normalise)
             for depth in args.depths:
                 for method in args.methods:
                     key = run_key(dataset, depth, seed, method)
@@ -163,6 +182,23 @@ def sweep(args, out: Path, log=print) -> dict:
                     r = runs[key]
                     log(f"{key}: {r['accuracy']}  ({r['train_seconds']:.0f} s train)", flush=True)
     return results
+
+
+def merge(paths: list[Path], out: Path) -> dict:
+    """Union of the runs of result files made with the same settings (parallel parts of one sweep)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    for part in parts:
+        part["settings"].setdefault("normalise", False)
+        if part["settings"] != parts[0]["settings"]:
+            raise SystemExit(f"--merge: {paths} were made with different settings")
+    merged = {
+        "settings": parts[0]["settings"],
+        "command": [part["command"] for part in parts],
+        "machine": parts[0]["machine"],
+        "runs": {k: v for part in parts for k, v in part["runs"].items()},
+    }
+    save(out, merged)
+    return merged
 
 
 def table(results: dict) -> str:
@@ -216,6 +252,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sweep on digits; checks the pipeline")
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=None, help="merge these result files into --out"
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS})")
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
     parser.add_argument("--depths", nargs="+", type=int, default=[4, 8, 16], help="residual blocks (even)")
@@ -236,6 +275,9 @@ def main(argv=None) -> int:
     if any(d < 2 or d % 2 for d in args.depths):
         parser.error(f"--depths {args.depths}: each must be an even number >= 2 (two stages)")
     torch.set_num_threads(1)
+    if args.merge:
+        print(table(merge(args.merge, args.out or RESULTS)))
+        return 0
     if args.table:
         print(table(json.loads((args.out or RESULTS).read_text())))
         return 0
