@@ -65,3 +65,34 @@ def test_sbnn_resnet_that_does_not_fit_the_data_exits_2(tmp_path, capsys):
     assert code == 2
     assert "--model recurrent does not fit --dataset digits" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_sbnn_trains_on_generated_shd_and_dvs_gesture_files(tmp_path, one_thread):
+    import numpy as np
+    from test_data_temporal import _aedat3, _gesture_events, _shd_samples, _write_shd
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "SHD").mkdir()
+    _write_shd(tmp_path / "SHD" / "shd_train.h5", _shd_samples(rng, 8))
+    _write_shd(tmp_path / "SHD" / "shd_test.h5", _shd_samples(rng, 4))
+    extract = tmp_path / "DVS128Gesture" / "extract" / "DvsGesture"
+    extract.mkdir(parents=True)
+    for name in ("user01_led", "user24_led"):
+        (extract / f"{name}.aedat").write_bytes(_aedat3([(0, _gesture_events(rng, 0, 40000, 800))]))
+        rows = "\n".join(f"{c},{c * 3000},{c * 3000 + 2500}" for c in range(1, 12))
+        (extract / f"{name}_labels.csv").write_text("class,startTime_usec,endTime_usec\n" + rows + "\n")
+    (extract / "trials_to_train.txt").write_text("user01_led.aedat\n")
+    (extract / "trials_to_test.txt").write_text("user24_led.aedat\n")
+    common = ["train", "--method", "sbnn", "--data-root", str(tmp_path), "--epochs", "1", "--batch-size", "4"]
+    assert main([*common, "--dataset", "shd", "--width", "8", "--T", "5", "--out", str(tmp_path / "s")]) == 0
+    shd = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert shd["config"]["recipe"] == "shd" and shd["recipe"]["aux_form"] == "input-step-std"
+    argv = [*common, "--dataset", "dvs-gesture", "--width", "2", "--blocks", "1", "--T", "3", "--mc", "2"]
+    assert main([*argv, "--out", str(tmp_path / "d")]) == 0
+    dvs = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert (
+        dvs["config"]["recipe"] == "dvs-gesture"
+        and dvs["sbnn_convs"] == 7
+        and dvs["normalisation_layers"] == 0
+    )
+    assert set(dvs["test_accuracy"]) == {"noiseless", "single", "mc2"}
