@@ -10,8 +10,8 @@ The same architecture in each ecosystem (single-step models: one call per time s
   configuration 'A' with BatchNorm and average pooling):
   64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-GAP-FC, every conv followed by BN and LIF.
   ``width`` (default 64) is the first conv's channel count; the others scale with it (w, 2w, 4w, 8w).
-- ``resnet18``: the spiking ResNet-18 of the authors' ImageNet code (``models/resnet.py``,
-  ``birealnet18``: a Bi-Real-style ResNet-18): a float stem Conv3x3(C, w) BN MaxPool(3, 2, 1), then
+- ``resnet18``: the spiking ResNet-18 of the authors' ImageNet code (repository hamings1/BSO,
+  ``models/resnet.py``, ``birealnet18``: a Bi-Real-style ResNet-18; hamingsi/BSO ships only the VGG): a float stem Conv3x3(C, w) BN MaxPool(3, 2, 1), then
   4 stages of 4 blocks with w, 2w, 4w, 8w channels (stride 2 at the start of stages 2-4), then GAP
   and Linear(8w, classes). Each block is ``out = BN(Conv3x3(LIF(x))) + shortcut(x)``: the neuron
   spikes on the real-valued residual stream, the 3x3 conv sees only spikes; the shortcut is the
