@@ -201,6 +201,7 @@ def test_missing_ecosystem_library_exits_5(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 5
+    assert not (tmp_path / "r").exists(), "a run that fails before training leaves no folder behind"
     assert "--ecosystem snntorch needs the snntorch package" in proc.stderr
     assert "pip install 'bso-snn[snntorch]'" in proc.stderr
 

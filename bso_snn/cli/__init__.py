@@ -485,11 +485,17 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, runtim
                 cfg, out, resume=payload, stop=lambda: stop.received is not None, runtime=runtime, log=say
             )
     except RunInterrupted as exc:
-        print(
-            f"bso-snn: interrupted after step {exc.step} (epoch {exc.epoch + 1}, batch {exc.batch}); the run "
-            f"is saved in {out / CHECKPOINT}.\nResume it with: bso-snn train --resume {out}",
-            file=sys.stderr,
-        )
+        if main_rank:
+            command = (
+                f"torchrun --nproc_per_node {runtime.world_size} -m bso_snn train"
+                if runtime.distributed
+                else "bso-snn train"
+            )
+            print(
+                f"bso-snn: interrupted after step {exc.step} (epoch {exc.epoch + 1}, batch {exc.batch}); the "
+                f"run is saved in {out / CHECKPOINT}.\nResume it with: {command} --resume {out}",
+                file=sys.stderr,
+            )
         return EXIT_INTERRUPTED
     except (DatasetNotFoundError, DatasetChecksumError) as exc:
         return fail(str(exc), EXIT_DATA)
