@@ -11,7 +11,7 @@
   CPU); the model is wrapped in ``DistributedDataParallel``, so every backward (one per time step in
   real-time training) averages the gradients over all ranks before the optimizer sees them, and
   every rank then applies the same flips. Each rank reads its own shard of each epoch
-  (``DistributedSampler``, seeded by ``--seed``); the global batch is ``world_size x --batch-size``.
+  (``DistributedSampler``'s split, resumable: ``runstate.EpochOrder``, seeded by ``--seed``); the global batch is ``world_size x --batch-size``.
 """
 
 from __future__ import annotations
