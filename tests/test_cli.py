@@ -46,6 +46,7 @@ def test_train_tbso_writes_run_folder_and_a_checkpoint_that_reproduces_the_accur
         m["config"]["optimizer"] == "tbso" and m["config"]["update"] == "realtime" and len(m["epochs"]) == 2
     )
     assert m["test_acc"] > 0.6, "digits, chance is 0.1"
+    assert m["normalisation_layers"] == 3  # the mlp's three BatchNorm1d
     # flips: counted per binary layer, at least one flip, every optimizer step counted (12 batches x T=2 x 2 epochs)
     assert set(m["flips_per_layer"]) == set(m["weights_per_layer"]) == {"4.weight", "7.weight"}
     assert m["optimizer_steps"] == 12 * 2 * 2 and sum(m["flips_per_layer"].values()) > 0

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from .. import checkpoint, convert, data, reset
 from .._atomic import atomic_write, atomic_write_text
+from ..bayes.models import normalisation_layers
 from ..convert import ConversionReport, load_adapters
 from ..online import evaluate, train_step
 from ..summary import summary
@@ -489,6 +490,7 @@ def _write_results(cfg, out, setup, counter, numel, progress, train_seconds, run
         "rank_check": {"steps_verified": rank_check.steps} if rank_check else None,
         "peak_rss_mb": {"before_training": progress.rss_before, "end": peak_rss_mb()},
         "model_size": model_sizes(model),
+        "normalisation_layers": normalisation_layers(model),  # their count (BatchNorm, LayerNorm, ...)
         "checkpoint": {"file": ckpt.name, "bytes": ckpt.stat().st_size, "bit_packed": report is not None},
         "binary_layers": report.converted if report else [],
         "float_layers": sorted(report.skipped) if report else "all (full-precision baseline)",
