@@ -312,6 +312,8 @@ CASES = [
       lambda t: ([d := run_folder(t, {})], cli("eval", str(d))), CliExit, r"exit 6: .*holds neither a finished run"),
     C("cli-eval-model-without-metrics", "CLI", "`bso-snn eval model.bsosnn.pt` without metrics.json", "exit 6: pass checkpoint.pt instead",
       lambda t: ([d := run_folder(t, {"model.bsosnn.pt": b"x"})], cli("eval", str(d / "model.bsosnn.pt"))), CliExit, r"exit 6: .*metrics.json.*is missing; pass the run's checkpoint.pt instead"),
+    C("cli-eval-sbnn-run", "CLI", "`bso-snn eval` of a `--method sbnn` run folder", "exit 6: evaluates BSO/T-BSO/fp runs",
+      lambda t: ([d := run_folder(t, {"metrics.json": b'{"config": {"dataset": "digits", "lam_aux": 1e-8}}', "model.pt": b"x"})], cli("eval", str(d))), CliExit, r"exit 6: .*its config has \['lam_aux'\].*bso-snn eval evaluates BSO/T-BSO/fp runs"),
     C("cli-eval-garbage-checkpoint", "CLI", "`bso-snn eval` of a damaged checkpoint.pt", "exit 6: cannot be read",
       lambda t: ([d := run_folder(t, {"checkpoint.pt": b"garbage"})], cli("eval", str(d / "checkpoint.pt"))), CliExit, r"exit 6: .*cannot be read as a bso-snn run checkpoint"),
 ]  # fmt: skip

@@ -14,6 +14,7 @@ finished run reproduces the ``test_acc`` of its ``metrics.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -86,6 +87,13 @@ def evaluate_path(path: str | Path, data_root: str | None = None, threads: int =
     from .train import TrainConfig, _accuracy, build_setup
 
     config, model_file, metrics = _source(Path(path))
+    unknown = sorted(set(config) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise EvalInputError(
+            f"{path}: its config has {unknown}, which bso-snn train with BSO/T-BSO/fp does not write "
+            f"(a --method sbnn run?); bso-snn eval evaluates BSO/T-BSO/fp runs. Load an SBNN run's "
+            f"model.pt with bso_snn.bayes instead"
+        )
     cfg = TrainConfig(**config)
     if data_root is not None:
         cfg.data_root = data_root
