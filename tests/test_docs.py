@@ -211,6 +211,14 @@ def test_index_links_every_page():
     assert not unlinked, f"docs/index.md does not link {unlinked}"
 
 
+def test_there_are_ten_numbered_tutorials_each_in_the_nav():
+    numbers = [int(p.name[:2]) for p in TUTORIALS]
+    assert numbers == list(range(1, 11)), f"expected tutorials 01..10 in docs/tutorials/, found {numbers}"
+    nav = (REPO / "mkdocs.yml").read_text().split("\nnav:", 1)[1]
+    missing = [p.name for p in TUTORIALS if f"tutorials/{p.name}" not in nav]
+    assert not missing, f"mkdocs.yml's nav lacks {missing}"
+
+
 def test_tutorial_index_links_every_tutorial():
     index = (TUTORIAL_DIR / "index.md").read_text()
     unlinked = [p.name for p in TUTORIALS if f"]({p.name})" not in index]
