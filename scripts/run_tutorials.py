@@ -79,12 +79,14 @@ def run_one(docs, page: Path) -> float:
 
 def write_times_table(results: dict) -> None:
     """The measured wall times as a Markdown table inside ``INDEX``'s ``<!-- times -->`` markers."""
-    rows = ["| tutorial | wall time |", "|---|---|"]
-    rows += [
-        f"| {name.split('-', 1)[0].lstrip('0')} | {sec:.0f} s |"
-        for name, sec in sorted(results["pages"].items())
+    pages = sorted(results["pages"].items())
+    rows = [
+        "| tutorial | " + " | ".join(name.split("-", 1)[0].lstrip("0") for name, _ in pages) + " | all |",
+        "|---" * (len(pages) + 2) + "|",
+        "| wall time (s) | "
+        + " | ".join(f"{sec:.0f}" for _, sec in pages)
+        + f" | **{results['total_s']:.0f}** |",
     ]
-    rows.append(f"| **all {len(results['pages'])}** | **{results['total_s']:.0f} s** |")
     text = INDEX.read_text()
     head, rest = text.split("<!-- times -->", 1)
     _, tail = rest.split("<!-- /times -->", 1)

@@ -325,3 +325,18 @@ def test_link_checker_finds_missing_files_and_anchors(tmp_path):
 def test_site_links_and_images_resolve(site):
     broken = broken_links(site)
     assert not broken, "broken links in the built site:\n" + "\n".join(broken)
+
+
+def test_sphinx_roles_are_dropped_from_the_rendered_api_pages():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from mkdocs_hooks import strip_sphinx_roles
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    html = (
+        "see :class:<code>BSO</code> and :func:<code>~bso_snn.optim.make_optimizer</code>, a:b <code>x</code>"
+    )
+    assert (
+        strip_sphinx_roles(html)
+        == "see <code>BSO</code> and <code>bso_snn.optim.make_optimizer</code>, a:b <code>x</code>"
+    )
