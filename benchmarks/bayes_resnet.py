@@ -271,6 +271,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--pool", type=int, default=2, help="average-pool the images by this factor (28 -> 14)"
     )
+    parser.add_argument("--normalise", action="store_true", help="standardise the inputs (no exact zeros)")
     args = parser.parse_args(argv)
     if any(d < 2 or d % 2 for d in args.depths):
         parser.error(f"--depths {args.depths}: each must be an even number >= 2 (two stages)")
