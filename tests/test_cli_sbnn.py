@@ -27,15 +27,21 @@ def test_sbnn_resnet_trains_on_digits_without_normalisation(tmp_path, one_thread
 
 
 def test_sbnn_recurrent_on_row_mnist_one_epoch(tmp_path, one_thread):
-    pytest.importorskip("bso_snn.data")
+    from bso_snn.cli import build_parser
+    from bso_snn.cli.sbnn import config_from_args
+
+    defaults = config_from_args(
+        build_parser().parse_args(["train", "--method", "sbnn", "--dataset", "mnist-rows"])
+    )
+    assert (defaults.model, defaults.recipe, defaults.T, defaults.lam_aux) == ("recurrent", "shd", 28, 1e-6)
     out = tmp_path / "rows"
-    code = main(["train", "--method", "sbnn", "--dataset", "mnist-rows", "--width", "16", "--epochs", "1",
-                 "--batch-size", "500", "--out", str(out)])  # fmt: skip
+    code = main(["train", "--method", "sbnn", "--dataset", "mnist-rows", "--T", "4", "--width", "16",
+                 "--epochs", "1", "--batch-size", "500", "--out", str(out)])  # fmt: skip
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["model"] == "recurrent" and metrics["config"]["recipe"] == "shd"
-    assert metrics["config"]["T"] == 28 and metrics["normalisation_layers"] == 0
-    assert 0.0 <= metrics["test_acc"] <= 1.0
+    assert metrics["config"]["T"] == 4 and metrics["normalisation_layers"] == 0
+    assert metrics["test_acc"] > 0.2  # 7 image rows per step; chance is 0.1
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,9 @@ def train_sbnn(cfg: SBNNConfig, out: Path, log=print) -> dict:
     t_start = time.perf_counter()
     spec = data.CATALOG[cfg.dataset]
     train_set, test_set = data.load_dataset(cfg.dataset, cfg.data_root, cfg.T if spec.temporal else None)
-    model = build_sbnn_model(cfg, spec.input_shape, spec.num_classes)
+    sample = train_set[0][0]  # one step's shape from the data (mnist-rows with T < 28 groups rows)
+    step_shape = tuple(sample.shape[1:]) if spec.temporal else tuple(sample.shape)
+    model = build_sbnn_model(cfg, step_shape, spec.num_classes)
     rec = recipe(cfg.recipe)
     optimizer = rec.optimizer(model, lr=cfg.lr)
     scheduler = rec.scheduler(optimizer, cfg.epochs)
