@@ -20,6 +20,8 @@ STAMP=.venv/.bso-snn-installed
 SJ_CLASSIC=.deps/sj14
 SNN_094=.deps/snn094
 export MPLBACKEND=Agg PIP_DISABLE_PIP_VERSION_CHECK=1
+# .venv/bin first on PATH: the ninja from the dev extra builds the fused C++ flip kernel (torch looks ninja up on PATH).
+export PATH="$PWD/.venv/bin:$PATH"
 
 PHASES=()
 phase_start=$SECONDS

@@ -1,5 +1,7 @@
 """Shared test configuration."""
 
+import sys
+
 import pytest
 import torch
 
@@ -41,3 +43,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def isolate_snntorch_instances():
+    """snnTorch keeps every neuron ever built in one process-wide list (``SpikingNeuron.instances``)
+    and its ``utils.reset`` resets all of them; a neuron one test leaves behind (snnTorch's own
+    ``DeltaLeaky`` has ``mem=None``) would break another test's ``utils.reset``. Each test sees
+    only the neurons it builds, as a fresh process would."""
+    snntorch = sys.modules.get("snntorch")
+    before = list(snntorch.SpikingNeuron.instances) if snntorch is not None else []
+    yield
+    snntorch = sys.modules.get("snntorch")  # may have been imported by the test itself
+    if snntorch is not None:
+        snntorch.SpikingNeuron.instances[:] = before
