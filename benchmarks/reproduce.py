@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or HERE / "results" / ("reproduce_quick.json" if args.quick else "reproduce.json")
     results = Results(out, settings)
     if not args.report_only:
-        invocation = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cwd": str(Path.cwd()),
+        invocation = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "cwd": str(Path.cwd()),
                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": git_commit(),
                       "machine": machine(), "jobs": args.jobs}  # fmt: skip
         start = time.perf_counter()

@@ -310,12 +310,17 @@ def markdown(data: dict[str, Any], images: dict[str, Path], doc: Path, results_p
         "",
     ]
     if inv:
-        last = inv[-1]
-        m = last["machine"]
+        m = inv[-1]["machine"]
         out += [
-            f"Last invocation: `{last['command']}` at git `{last['git']}`, started {last['started']}; "
-            f"{m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}, torch {m['torch']}, "
-            f"one thread per job, {last['jobs']} job(s) in parallel.",
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}, torch {m['torch']}, "
+            "one thread per job. Invocations (each resumes the file; the rows say which git commit ran them):",
+            "",
+            *(
+                f"- `{i['command']}` at git `{i['git'][:12]}`, started {i['started']}, "
+                f"{i.get('wall_s', 0) / 60:.1f} min, {i['jobs']} job(s) in parallel"
+                + (f" ({i['note']})" if "note" in i else "")
+                for i in inv
+            ),
             "",
         ]
     out += ["### Claims", "", *claims(data), "", "### Table 2 analogue", "", *table2(data), ""]
