@@ -36,6 +36,7 @@ spike-to-state paths detached) gives ``dL[t]/dR = g[t] * sum_k beta^(t-k) spk[k-
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import snntorch
@@ -74,9 +75,16 @@ class OnlineMixin(OnlineNeuron):
     """
 
     def forward(self, *args, **kwargs):
-        detach_state(self, STATE_BUFFERS[original_class(self)])
+        names = STATE_BUFFERS[original_class(self)]
+        _warn_outside_reset(self, names)
+        detach_state(self, names)
         args = args[:1] + tuple(_cut(a) for a in args[1:])
         kwargs = {k: v if k == "input_" else _cut(v) for k, v in kwargs.items()}
+        out = self._step(*args, **kwargs)
+        self.__dict__[_STATE_SEEN] = tuple(getattr(self, name) for name in names)
+        return out
+
+    def _step(self, *args, **kwargs):
         recurrent = self._modules.get("recurrent") if getattr(self, "all_to_all", False) else None
         if recurrent is None:
             return super().forward(*args, **kwargs)
@@ -87,6 +95,37 @@ class OnlineMixin(OnlineNeuron):
             return super().forward(*args, **kwargs)
         finally:
             self._modules["recurrent"] = recurrent
+
+
+_STATE_SEEN = "_bso_state_seen"
+"""On an online snnTorch neuron: its state tensors as its last call left them (cleared by
+:func:`reset_state`)."""
+
+
+def _warn_outside_reset(neuron: nn.Module, names: tuple[str, ...]) -> None:
+    """Warn if the neuron's state was reset to zeros by snnTorch since its last call
+    (``utils.reset``, ``reset_hidden``, ``reset_mem``/``init_leaky``): that reset leaves the
+    presynaptic traces of bso-snn's layers in place, so the next batch would silently continue
+    the previous one's traces."""
+    seen = neuron.__dict__.get(_STATE_SEEN)
+    if seen is None:
+        return
+    for name, before in zip(names, seen, strict=True):
+        now = getattr(neuron, name, None)
+        if now is before or not isinstance(now, torch.Tensor) or now.numel() == 0:
+            continue
+        if not now.any():
+            warnings.warn(
+                f"{original_class(neuron).__name__}.{name} was reset to zeros outside bso-snn (by "
+                f"snntorch.utils.reset, reset_hidden or reset_mem/init_leaky), which leaves the "
+                f"presynaptic traces of the converted layers in place: the next batch would continue "
+                f"the previous one's traces. Call bso_snn.reset(model) at the start of each "
+                f"sequence (or before each call of a model whose forward resets its own neurons); it "
+                f"resets the neurons and the traces together",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
 
 
 class _CallOnce(nn.Module):
@@ -139,6 +178,7 @@ def reset_state(module: nn.Module) -> None:
     for name in STATE_BUFFERS[original_class(module)]:
         old = getattr(module, name)
         setattr(module, name, torch.zeros(0, dtype=old.dtype, device=old.device))
+    module.__dict__.pop(_STATE_SEEN, None)
 
 
 _WHOLE_SEQUENCE = "it processes the whole sequence [T, ...] in one call, so there is no per-step state to cut"
