@@ -4,16 +4,19 @@ One VGG-style conv SNN (``reproduce_methods.build_network``, 90.3 % of its weigh
 binary middle convolutions) on real Fashion-MNIST, for seven methods (``frozen``, ``fp-bptt``,
 ``ottt``, ``ndot``, ``latent-ste-bptt``, ``bso``, ``tbso``), T = 2, 4, 6, two seeds. Phases:
 
-1. **gamma sweep** (Table 3 analogue): T-BSO and BSO at T=4, seed 0, over a grid of gamma; the
-   gamma with the best *validation* accuracy is the one every later BSO / T-BSO row uses.
-2. **Table 2 grid**: every method x T x seed, each in a fresh subprocess (one thread), which also
+1. **gamma sweep** (Table 3 analogue): T-BSO and BSO at T=4, seed 0, over a grid of gamma, on
+   ``sweep_n_train`` images (12,000); the gamma with the best *validation* accuracy is the one
+   every Table 2 BSO / T-BSO row uses.
+2. **Table 2 grid**: every method x T x seed on ``n_train`` images (6,000, one epoch), each in a
+   fresh subprocess (one thread), which also
    measures the configuration's peak training memory (see ``peak_training_bytes``).
 3. **Figure 4**: peak training memory against T = 1..32 for BPTT, BSO and T-BSO.
 
 Results go to ``benchmarks/results/reproduce.json`` (``--out``): one row per finished job,
 appended as it finishes, so an interrupted run resumes where it stopped (rows already there
 are skipped). The file records each invocation's command, machine, versions and wall time.
-``--report`` (run at the end of every invocation) writes the tables into ``docs/results.md``
+``--extra '{"method": ..., "T": ..., "seed": ..., ...}'`` adds remedy runs (``Config`` fields over the
+grid's). The report (written at the end of every invocation, or alone with ``--report-only``) writes the tables into ``docs/results.md``
 between its markers and the plots into ``docs/img/``.
 
 Full run:   python benchmarks/reproduce.py --jobs 2
