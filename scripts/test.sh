@@ -22,6 +22,8 @@ SNN_094=.deps/snn094
 export MPLBACKEND=Agg PIP_DISABLE_PIP_VERSION_CHECK=1
 # .venv/bin first on PATH: the ninja from the dev extra builds the fused C++ flip kernel (torch looks ninja up on PATH).
 export PATH="$PWD/.venv/bin:$PATH"
+# The whole SpikingJelly zoo matrix, its 45-144M-parameter VGG/ResNet variants included (about 2 minutes).
+export BSO_SNN_FULL_ZOO=1
 
 PHASES=()
 phase_start=$SECONDS
