@@ -63,12 +63,30 @@ def load_adapters(model: nn.Module) -> list[ModuleType]:
     return [importlib.import_module(name) for name in registry.adapter_modules(roots)]
 
 
+WEIGHT_READERS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+"""Modules that read their child layers' weights directly rather than calling them
+(``nn.MultiheadAttention`` passes ``out_proj.weight`` to ``F.multi_head_attention_forward``):
+the layers inside them stay float, and the report says why."""
+
+
 def _weight_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], dict[str, str]]:
     """Weight layers (registered, refused, unregistered subclasses of registered ones, or already
     converted) in definition order; a module shared in several places is listed once. Also the
     layers with weights that no handler knows (name -> why they stay float)."""
-    layers = [(name, m) for name, m in model.named_modules() if registry.is_weight_layer(m)]
-    unhandled = {}
+    readers = [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHT_READERS)]
+    layers, unhandled = [], {}
+    for name, module in model.named_modules():
+        if not registry.is_weight_layer(module):
+            continue
+        reader = next(((n, r) for n, r in readers if name.startswith(f"{n}.")), None)
+        if reader is None:
+            layers.append((name, module))
+        else:
+            unhandled[name] = (
+                f"inside {type(reader[1]).__name__} {reader[0]!r}, which computes with this layer's "
+                f"weight directly instead of calling the layer, so a binary layer there would never "
+                f"see its input: it stays float"
+            )
     for name, module in model.named_modules():
         weights = registry.unhandled_weights(module)
         if weights:

@@ -467,6 +467,41 @@ def test_report_lists_weight_layers_without_a_handler_in_order():
     assert torch.equal(model[1].weight, transposed_weight) and not is_binary_layer(model[1])
 
 
+def test_layers_inside_multihead_attention_stay_float_with_the_reason(one_thread):
+    """nn.MultiheadAttention reads out_proj.weight directly (a Linear subclass it never calls):
+    convert leaves it float and says why, converts the rest, and the model still trains."""
+    from bso_snn.neurons import LIF
+    from bso_snn.online import train_step
+    from bso_snn.optim import make_optimizer
+
+    class AttentionNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.lif1 = nn.Linear(8, 16), LIF()
+            self.fc2, self.lif2 = nn.Linear(16, 16), LIF()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc3 = nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.lif2(self.fc2(self.lif1(self.fc1(x))))[:, None]
+            return self.fc3(self.attn(h, h, h)[0][:, 0])
+
+    torch.manual_seed(0)
+    net = AttentionNet()
+    out_proj = net.attn.out_proj.weight.detach().clone()
+    report = convert(net, lam=0.5)
+    assert report.converted == ["fc2"]
+    assert list(report.skipped) == ["fc1", "attn", "attn.out_proj", "fc3"]
+    assert report.skipped["attn.out_proj"].startswith("inside MultiheadAttention 'attn', which computes")
+    assert report.skipped["attn"].startswith("no handler for MultiheadAttention (weights in_proj_weight)")
+    assert torch.equal(net.attn.out_proj.weight, out_proj) and not is_binary_layer(net.attn.out_proj)
+    optimizer = make_optimizer(net, "tbso", time_steps=2)
+    result = train_step(
+        net, torch.rand(2, 3, 8), torch.tensor([0, 1, 2]), nn.functional.cross_entropy, optimizer
+    )
+    assert torch.isfinite(torch.as_tensor(result.loss)) and is_binary_tensor(net.fc2.weight)
+
+
 def test_conv3d_is_converted_and_traced():
     torch.manual_seed(0)
     layer = nn.Conv3d(2, 3, 3, padding=1)
