@@ -70,17 +70,7 @@ def parts(ecosystem: str) -> Parts:
     if ecosystem == "torch":
         from bso_snn.neurons import LIF
 
-        return Parts(
-            nn.Linear,
-            nn.Conv2d,
-            nn.BatchNorm1d,
-            nn.BatchNorm2d,
-            nn.AvgPool2d,
-            nn.MaxPool2d,
-            lambda: nn.AdaptiveAvgPool2d(1),
-            nn.Flatten,
-            lambda: LIF(tau=2.0),
-        )
+        return _torch_nn_parts(lambda: LIF(tau=2.0))
     if ecosystem not in ECOSYSTEMS:
         raise ValueError(f"unknown ecosystem {ecosystem!r}; choose one of {', '.join(ECOSYSTEMS)}")
     try:
@@ -114,6 +104,11 @@ def parts(ecosystem: str) -> Parts:
     def leaky():
         return snn.Leaky(beta=0.5, threshold=1.0, reset_mechanism="subtract", init_hidden=True)
 
+    return _torch_nn_parts(leaky)
+
+
+def _torch_nn_parts(neuron: Callable[[], nn.Module]) -> Parts:
+    """torch.nn's layers (used by plain torch and by snnTorch) with the given spiking neuron."""
     return Parts(
         nn.Linear,
         nn.Conv2d,
@@ -123,7 +118,7 @@ def parts(ecosystem: str) -> Parts:
         nn.MaxPool2d,
         lambda: nn.AdaptiveAvgPool2d(1),
         nn.Flatten,
-        leaky,
+        neuron,
     )
 
 
