@@ -1,6 +1,7 @@
 """SHD, DVS128 Gesture and row-wise MNIST loaders, on small files written here in the exact on-disk
 formats (HDF5 spike trains; AEDAT 3.1 + label csv + trial lists; SpikingJelly npz) and on real MNIST."""
 
+import os
 import struct
 
 import h5py  # the [shd] extra; scripts/test.sh installs it
@@ -157,6 +158,8 @@ def test_row_mnist_is_the_real_images_row_by_row(tmp_path):
     try:
         images, _ = load_dataset("mnist")
     except DatasetNotFoundError:
+        if os.environ.get("BSO_SNN_REQUIRE_DATA") == "1":
+            pytest.fail("MNIST missing although BSO_SNN_REQUIRE_DATA=1")
         pytest.skip("MNIST not fetched (python -m bso_snn.data fetch mnist)")
     rows, _ = load_dataset("mnist-rows", time_steps=28)
     x, y = rows[5]
